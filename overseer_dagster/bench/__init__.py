@@ -1,0 +1,1 @@
+"""Benchmarks: plain functions returning a dict of figures (not tests)."""

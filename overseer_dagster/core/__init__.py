@@ -1,0 +1,1 @@
+"""Pure domain: models, vocabulary, authority, parsing, policy, decisions. No Dagster, no I/O, no clock reads."""

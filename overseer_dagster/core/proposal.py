@@ -1,0 +1,364 @@
+"""From a mind's raw output to a verdict: parse, validate against the vocabulary, then in context.
+
+`parse_proposal` never raises. Whatever it is given, it returns a `Verdict`: `valid` with the
+actions, or `blocked` with a reason code and a short public-safe detail that names the problem
+without echoing the input. Stages, in order:
+
+1. Size: at most 64 KiB of UTF-8, checked before anything is parsed. Bytes must be UTF-8;
+   a str must be encodable as UTF-8 (no lone surrogates); no leading byte-order mark.
+2. Code fence: LLMs often wrap JSON in Markdown. Exactly one fence enclosing the WHOLE output
+   is stripped: an opening line of three backticks, optionally followed by `json` (lowercase,
+   nothing else but spaces), and a closing line of three backticks; only whitespace may surround
+   it. Prose before or after the fence, a second fence, or backticks inside it block.
+3. Strict JSON: one document, only whitespace after it; duplicate keys at any depth, NaN and
+   +/-Infinity, numbers that overflow to infinity (1e400), nesting deeper than the interpreter's
+   recursion limit and integers beyond Python's digit limit all block. A JSON string is never
+   decoded a second time: a top-level string is simply not an object.
+4. Vocabulary (`core.vocabulary.Envelope`): `{"actions": [...]}` with 1 to 8 strict actions;
+   one invalid action blocks the whole proposal. Reason: `schema_invalid`.
+5. Configuration (`Limits`): at most `max_actions_per_tick` actions, `request_scale_out` asks for
+   an offered GPU class and at most `max_scale_out_count` nodes, `wallet_spend` pays a registered
+   payee. Reason: `context_invalid`. These depend on configuration only, so they run in
+   `parse_proposal` (which has the limits) and again in `validate_in_context` (idempotent), and a
+   proposal that breaks them is never `valid`, with or without a fleet snapshot.
+6. Fleet (`validate_in_context`): replicas exist and are in the state the action needs.
+   Reason: `context_invalid`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+from overseer_dagster.core import redact
+from overseer_dagster.core.authority import effect_of
+from overseer_dagster.core.fleet import FleetSnapshot, Health, RoutingState
+from overseer_dagster.core.limits import Limits
+from overseer_dagster.core.vocabulary import (
+    MAX_ACTIONS,
+    Action,
+    ActionKind,
+    Envelope,
+    QuarantineReplica,
+    ReadmitReplica,
+    RequestScaleOut,
+    WalletSpend,
+)
+
+MAX_PROPOSAL_BYTES = 64 * 1024
+SCHEMA_INVALID = "schema_invalid"
+CONTEXT_INVALID = "context_invalid"
+# Detail of the last-resort guard; tests assert no input ever reaches it.
+UNEXPECTED_FAILURE = "proposal could not be processed"
+
+_FENCE = "```"
+_JSON_WHITESPACE = " \t\n\r"
+_MAX_DETAIL = 300
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verdict: Literal["valid", "blocked"]
+    # Reason code when blocked: `schema_invalid` or `context_invalid`.
+    reason: str | None = None
+    # Short, public-safe message naming the problem, e.g. "actions[2].concurrency: must be <= 64".
+    detail: str | None = None
+    actions: tuple[Action, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Verdict:
+        if self.verdict == "valid" and (self.reason is not None or not self.actions):
+            raise ValueError("a valid verdict has actions and no reason")
+        if self.verdict == "blocked" and (self.reason is None or self.actions):
+            raise ValueError("a blocked verdict has a reason and no actions")
+        return self
+
+    @classmethod
+    def valid(cls, actions: tuple[Action, ...]) -> Verdict:
+        return cls(verdict="valid", actions=actions)
+
+    @classmethod
+    def blocked(cls, reason: str, detail: str) -> Verdict:
+        return cls(verdict="blocked", reason=reason, detail=detail)
+
+    def effects(self) -> list[dict[str, str]]:
+        return [{"kind": a.kind, "effect": effect_of(a.kind).value} for a in self.actions]
+
+
+class _Blocked(Exception):
+    def __init__(self, detail: str, reason: str = SCHEMA_INVALID) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def parse_proposal(raw: str | bytes, limits: Limits = Limits()) -> Verdict:
+    """Parse and validate a mind's raw output against the vocabulary and the limits. Never raises."""
+    try:
+        obj = _load_json(_unfence(_as_text(raw)))
+        envelope = _validate_envelope(obj)
+        violation = _configuration_violation(envelope.actions, limits)
+        if violation:
+            return Verdict.blocked(CONTEXT_INVALID, violation)
+        return Verdict.valid(envelope.actions)
+    except _Blocked as blocked:
+        return Verdict.blocked(blocked.reason, blocked.detail)
+    except Exception:  # the contract is "never raises"; tests assert no input gets here
+        return Verdict.blocked(SCHEMA_INVALID, UNEXPECTED_FAILURE)
+
+
+def validate_in_context(verdict: Verdict, fleet: FleetSnapshot, limits: Limits) -> Verdict:
+    """Check a valid verdict against the limits and the fleet; any violation blocks it whole."""
+    if verdict.verdict != "valid":
+        return verdict
+    violation = _configuration_violation(verdict.actions, limits) or _fleet_violation(verdict.actions, fleet)
+    return Verdict.blocked(CONTEXT_INVALID, violation) if violation else verdict
+
+
+def decide_text(raw: str | bytes, fleet: FleetSnapshot | None, limits: Limits = Limits()) -> Verdict:
+    """Parse, then validate in context when a fleet snapshot is given."""
+    verdict = parse_proposal(raw, limits)
+    return verdict if fleet is None else validate_in_context(verdict, fleet, limits)
+
+
+# --- stage 1: size and encoding ---------------------------------------------------------------
+
+
+def _as_text(raw: object) -> str:
+    if isinstance(raw, (bytes, bytearray)):
+        if len(raw) > MAX_PROPOSAL_BYTES:
+            raise _Blocked(f"proposal is larger than {MAX_PROPOSAL_BYTES} bytes")
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Blocked("proposal is not valid UTF-8") from None
+    elif isinstance(raw, str):
+        if len(raw) > MAX_PROPOSAL_BYTES:  # every character is at least one byte
+            raise _Blocked(f"proposal is larger than {MAX_PROPOSAL_BYTES} bytes")
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise _Blocked("proposal is not encodable as UTF-8 (lone surrogate)") from None
+        if size > MAX_PROPOSAL_BYTES:
+            raise _Blocked(f"proposal is larger than {MAX_PROPOSAL_BYTES} bytes")
+        text = raw
+    else:
+        raise _Blocked(f"proposal must be text (str or bytes), not {type(raw).__name__}")
+    if text.startswith("\ufeff"):
+        raise _Blocked("proposal starts with a byte-order mark")
+    return text
+
+
+# --- stage 2: one enclosing code fence --------------------------------------------------------
+
+
+def _unfence(text: str) -> str:
+    body = text.strip(_JSON_WHITESPACE)
+    if not body.startswith(_FENCE):
+        return text
+    if len(body) < 2 * len(_FENCE) or not body.endswith(_FENCE):
+        raise _Blocked("a code fence must enclose the whole output (text after the closing fence)")
+    inner = body[len(_FENCE) : -len(_FENCE)]
+    opener, newline, content = inner.partition("\n")
+    if opener.startswith("json"):
+        opener = opener[len("json") :]
+    if not newline or opener.strip(" \t\r"):
+        raise _Blocked("a code fence must open with ``` or ```json alone on its line")
+    if _FENCE in content:
+        raise _Blocked("more than one code fence (or backticks inside the fence)")
+    if content and not content.rstrip(" \t").endswith("\n"):
+        raise _Blocked("the closing code fence must be alone on its line")
+    return content
+
+
+# --- stage 3: strict JSON ---------------------------------------------------------------------
+
+
+# A valid proposal holds at most 17 objects (the envelope, 8 actions, 8 rollbacks) and 8 floats
+# (no action has two float fields). Stopping the parse past these budgets keeps the worst
+# 64 KiB input cheap; it never blocks a proposal that would otherwise be valid.
+MAX_JSON_OBJECTS = 1 + 2 * MAX_ACTIONS
+MAX_JSON_FLOATS = MAX_ACTIONS
+
+
+def _reject_constant(name: str) -> float:
+    raise _Blocked(f"{name} is not a JSON number")
+
+
+def _load_json(text: str) -> object:
+    objects = floats = 0
+
+    def object_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        nonlocal objects
+        objects += 1
+        if objects > MAX_JSON_OBJECTS:
+            raise _Blocked(f"too many JSON objects for a proposal (at most {MAX_JSON_OBJECTS})")
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise _Blocked(f"duplicate key '{_key_name(duplicate)}' in a JSON object")
+        return obj
+
+    def finite_float(literal: str) -> float:
+        nonlocal floats
+        floats += 1
+        if floats > MAX_JSON_FLOATS:
+            raise _Blocked(f"too many non-integer numbers for a proposal (at most {MAX_JSON_FLOATS})")
+        value = float(literal)
+        if not math.isfinite(value):
+            raise _Blocked("a number is out of range (overflows to infinity)")
+        return value
+
+    decoder = json.JSONDecoder(
+        object_pairs_hook=object_without_duplicates,
+        parse_constant=_reject_constant,
+        parse_float=finite_float,
+    )
+    try:
+        return decoder.decode(text)  # rejects extra data after the document
+    except json.JSONDecodeError as error:
+        if _FENCE in text:
+            raise _Blocked("prose around a code fence: the fence must enclose the whole output") from None
+        raise _Blocked(f"not valid JSON: {error.msg} (line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise _Blocked("JSON is nested too deeply") from None
+    except ValueError:  # int() digit limit
+        raise _Blocked("a JSON integer has too many digits") from None
+
+
+# --- stage 4: vocabulary ----------------------------------------------------------------------
+
+
+def _validate_envelope(obj: object) -> Envelope:
+    try:
+        return Envelope.model_validate(obj)
+    except ValidationError as error:
+        first = error.errors(include_url=False, include_input=False)[0]
+        raise _Blocked(_describe(first)) from None
+
+
+_KINDS = frozenset(ActionKind)
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+
+
+def _key_name(key: str) -> str:
+    """A key from the input, shown only when it is a short identifier (never raw text)."""
+    if _SAFE_KEY.fullmatch(key) and redact.is_public_safe(key):
+        return key
+    return "<key not shown>"
+
+
+def _location(loc: tuple[int | str, ...], error_type: str) -> str:
+    parts = list(loc)
+    # Drop the discriminator tag pydantic inserts after the action index: actions.0.start_stress.x
+    if len(parts) > 2 and parts[0] == "actions" and isinstance(parts[1], int) and parts[2] in _KINDS:
+        del parts[2]
+    if error_type == "extra_forbidden" and parts and isinstance(parts[-1], str):
+        parts[-1] = _key_name(parts[-1])
+    if error_type in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append("kind")
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "proposal"
+
+
+def _describe(error: ErrorDetails) -> str:
+    kind, ctx, loc = error["type"], error.get("ctx", {}), error["loc"]
+    if kind == "unexpected_key":  # raised by the vocabulary's key-flood guard, key in ctx
+        kind, loc = "extra_forbidden", (*loc, str(ctx.get("key")))
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not loc:
+        message = 'must be a JSON object with exactly one key, "actions"'
+    else:
+        message = _MESSAGES.get(kind, "is invalid ({type})").format_map(_Context(ctx, type=kind))
+    return f"{_location(loc, kind)}: {message}"[:_MAX_DETAIL]
+
+
+class _Context(dict[str, object]):
+    """Error context for message templates: readable patterns, and "?" for anything missing."""
+
+    def __init__(self, ctx: dict[str, object], **extra: object) -> None:
+        super().__init__(ctx, **extra)
+        if isinstance(self.get("pattern"), str):
+            self["pattern"] = str(self["pattern"]).removeprefix("^(?:").removesuffix(")$")
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unexpected key",
+    "union_tag_invalid": "must be one of {expected_tags} (exact spelling)",
+    "union_tag_not_found": "required (the action kind)",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "tuple_type": "must be a JSON array",
+    "too_short": "must hold at least {min_length} item(s)",
+    "too_long": "must hold at most {max_length} items",
+    "int_type": "must be an integer (not a string, float or boolean)",
+    "float_type": "must be a finite number (not a string or boolean)",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "string_unicode": "must be valid Unicode (no lone surrogates)",
+    "string_too_short": "must have at least {min_length} character(s)",
+    "string_too_long": "must have at most {max_length} characters",
+    "string_pattern_mismatch": "must match {pattern}",
+    "literal_error": "must be {expected}",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "value_error": "{error}",
+}
+
+
+# --- stages 5 and 6: configuration and fleet --------------------------------------------------
+
+
+def _configuration_violation(actions: tuple[Action, ...], limits: Limits) -> str | None:
+    if len(actions) > limits.max_actions_per_tick:
+        return f"actions: at most {limits.max_actions_per_tick} actions per tick (configured)"
+    for i, action in enumerate(actions):
+        if isinstance(action, RequestScaleOut):
+            if action.gpu_class not in limits.gpu_classes:
+                offered = ", ".join(limits.gpu_classes) or "none"
+                return f"actions[{i}].gpu_class: not an offered GPU class (offered: {offered})"
+            if action.count > limits.max_scale_out_count:
+                return f"actions[{i}].count: must be <= {limits.max_scale_out_count} (configured fleet maximum)"
+        elif isinstance(action, WalletSpend) and action.payee_ref not in limits.payee_refs:
+            return f"actions[{i}].payee_ref: not a registered payee"
+    return None
+
+
+def _fleet_violation(actions: tuple[Action, ...], fleet: FleetSnapshot) -> str | None:
+    replicas = {r.replica_id: r for r in fleet.replicas}
+    for i, action in enumerate(actions):
+        replica_id = getattr(action, "replica_id", None)
+        if replica_id is None:
+            continue
+        replica = replicas.get(replica_id)
+        where = f"actions[{i}].replica_id"
+        if replica is None:
+            return f"{where}: no such replica in the fleet snapshot"
+        if isinstance(action, ReadmitReplica):
+            if replica.routing_state is RoutingState.quarantined:
+                return f"{where}: readmit_replica cannot readmit a quarantined replica (only its quarantine rollback can)"
+            if replica.routing_state is not RoutingState.draining:
+                return f"{where}: readmit_replica needs a replica out of rotation (draining), not {replica.routing_state}"
+            if replica.health is not Health.healthy:
+                return f"{where}: readmit_replica needs a healthy replica, not {replica.health}"
+        elif isinstance(action, QuarantineReplica) and replica.routing_state is not RoutingState.admitted:
+            return f"{where}: quarantine_replica needs a replica in rotation (admitted), not {replica.routing_state}"
+    return None

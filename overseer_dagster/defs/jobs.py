@@ -1,0 +1,19 @@
+"""The tick job and its schedule. The schedule's toggle in the UI is the enable flag."""
+
+import dagster as dg
+
+from overseer_dagster.defs.assets import TICK_GROUP
+
+overseer_tick = dg.define_asset_job(
+    "overseer_tick",
+    selection=dg.AssetSelection.groups(TICK_GROUP),
+    description="Watch the fleet and demand, decide, record. One run per minute when its schedule is on.",
+)
+
+overseer_tick_schedule = dg.ScheduleDefinition(
+    name="overseer_tick_schedule",
+    job=overseer_tick,
+    cron_schedule="* * * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Turning this schedule on is the overseer's enable flag.",
+)

@@ -1,0 +1,76 @@
+"""Shared fixtures: a migrated store on SQLite and (when reachable) on PostgreSQL.
+
+PostgreSQL tests run against OVERSEER_TEST_POSTGRES_URL (CI sets it); each test gets its own
+schema, dropped afterwards. Without the variable they are skipped, and the summary says how to
+enable them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from overseer_dagster.store import db
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+PG_ENV = "OVERSEER_TEST_POSTGRES_URL"
+_skipped_pg: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the developer's .overseer: each test has its own OVERSEER_HOME."""
+    monkeypatch.setenv("OVERSEER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OVERSEER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("OVERSEER_ENABLED", raising=False)
+    monkeypatch.delenv("OVERSEER_MODE", raising=False)
+
+
+def _postgres_schema_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    base = os.environ.get(PG_ENV)
+    if not base:
+        _skipped_pg.append(request.node.nodeid)
+        pytest.skip(f"PostgreSQL variant: set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        db._engines.pop(f"{base}{sep}options=-csearch_path%3D{schema}", None)
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL for the store, once per backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        yield url
+        engine = db._engines.pop(url, None)
+        if engine is not None:
+            engine.dispose()
+    else:
+        yield from _postgres_schema_url(request)
+
+
+@pytest.fixture
+def engine(store_url: str) -> Engine:
+    return db.connect(store_url)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    if _skipped_pg:
+        terminalreporter.write_sep("-", "PostgreSQL variants skipped")
+        terminalreporter.write_line(
+            f"{len(_skipped_pg)} PostgreSQL test(s) skipped: set {PG_ENV}=postgresql://USER@HOST:PORT/DB to run them."
+        )
