@@ -10,6 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from overseer_dagster.core.health import Thresholds
+from pydantic import ValidationError
+
 from overseer_dagster.core.limits import Limits
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -70,16 +73,64 @@ class TickSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TickSettings:
         env = os.environ if env is None else env
-        payees = frozenset(p for p in env.get("OVERSEER_PAYEE_REFS", "").split(",") if p)
-        gpu_classes = tuple(g for g in env.get("OVERSEER_GPU_CLASSES", "h100,h200,b200").split(",") if g)
         return cls(
             cadence_s=_number(env, "OVERSEER_CADENCE_S", 60.0, minimum=1.0),
             daily_bound=int(_number(env, "OVERSEER_DAILY_BOUND", 2000, minimum=0)),
             itl_slo_s=_number(env, "OVERSEER_ITL_SLO_S", 0.1, minimum=0.001),
             stress_reserve_slots=int(_number(env, "OVERSEER_STRESS_RESERVE", 1, minimum=1)),
-            limits=Limits(
-                gpu_classes=gpu_classes,
-                max_scale_out_count=int(_number(env, "OVERSEER_MAX_SCALE_OUT", 8, minimum=1)),
-                payee_refs=payees,
-            ),
+            limits=_limits(env),
         )
+
+
+def _limits(env: Mapping[str, str]) -> Limits:
+    fields = {
+        "gpu_classes": ("OVERSEER_GPU_CLASSES", tuple(g for g in env.get("OVERSEER_GPU_CLASSES", "h100,h200,b200").split(",") if g)),
+        "max_scale_out_count": ("OVERSEER_MAX_SCALE_OUT", int(_number(env, "OVERSEER_MAX_SCALE_OUT", 8, minimum=1))),
+        "payee_refs": ("OVERSEER_PAYEE_REFS", frozenset(p for p in env.get("OVERSEER_PAYEE_REFS", "").split(",") if p)),
+    }
+    try:
+        return Limits(**{name: value for name, (_var, value) in fields.items()})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = fields[str(first["loc"][0])][0]
+        raise ConfigError(f"{variable}: {first['msg']}") from None
+
+
+def router_url(env: Mapping[str, str] | None = None) -> str | None:
+    """Where the router's admin and completion endpoints live (the gateway), or None: no router.
+
+    OVERSEER_ROUTER_URL when set; else the origin of an HTTP(S) OVERSEER_FLEET_SOURCE
+    (`snapshot:http://gateway:port/fleet/state` -> `http://gateway:port`), since the gateway that
+    serves the routing state is the one that routes.
+    """
+    from urllib.parse import urlsplit
+
+    env = os.environ if env is None else env
+    raw = env.get("OVERSEER_ROUTER_URL", "").strip()
+    if raw:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"OVERSEER_ROUTER_URL={raw!r} must be an http(s) URL such as http://gateway:8080")
+        return raw.rstrip("/")
+    kind, _, location = env.get("OVERSEER_FLEET_SOURCE", "sample").partition(":")
+    if kind == "snapshot" and location.startswith(("http://", "https://")):
+        parts = urlsplit(location)
+        return f"{parts.scheme}://{parts.netloc}"
+    return None
+
+
+def warm_model(env: Mapping[str, str] | None = None) -> str | None:
+    """OVERSEER_WARM_MODEL: the model warm-up requests name; unset: the gateway's first `/v1/models` entry."""
+    env = os.environ if env is None else env
+    return env.get("OVERSEER_WARM_MODEL", "").strip() or None
+
+
+def health_thresholds(env: Mapping[str, str] | None = None) -> Thresholds:
+    """Health freshness: OVERSEER_HEALTH_FRESH_CADENCES (default 3) tick cadences make a signal stale."""
+    env = os.environ if env is None else env
+    tick = TickSettings.from_env(env)
+    return Thresholds(
+        cadence_s=tick.cadence_s,
+        fresh_cadences=_number(env, "OVERSEER_HEALTH_FRESH_CADENCES", 3.0, minimum=1.0),
+        itl_slo_s=tick.itl_slo_s,
+    )

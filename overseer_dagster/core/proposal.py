@@ -2,7 +2,8 @@
 
 `parse_proposal` never raises. Whatever it is given, it returns a `Verdict`: `valid` with the
 actions, or `blocked` with a reason code and a short public-safe detail that names the problem
-without echoing the input. Stages, in order:
+without echoing the input (values are never shown; a key is shown only when it is a short
+identifier). Stages, in order:
 
 1. Size: at most 64 KiB of UTF-8, checked before anything is parsed. Bytes must be UTF-8;
    a str must be encodable as UTF-8 (no lone surrogates); no leading byte-order mark.
@@ -13,16 +14,23 @@ without echoing the input. Stages, in order:
 3. Strict JSON: one document, only whitespace after it; duplicate keys at any depth, NaN and
    +/-Infinity, numbers that overflow to infinity (1e400), nesting deeper than the interpreter's
    recursion limit and integers beyond Python's digit limit all block. A JSON string is never
-   decoded a second time: a top-level string is simply not an object.
+   decoded a second time: a top-level string is simply not an object. The parse also stops past
+   17 objects or 8 non-integer numbers, more than any valid proposal holds, so that no 64 KiB
+   input costs more than a couple of milliseconds.
 4. Vocabulary (`core.vocabulary.Envelope`): `{"actions": [...]}` with 1 to 8 strict actions;
-   one invalid action blocks the whole proposal. Reason: `schema_invalid`.
-5. Configuration (`Limits`): at most `max_actions_per_tick` actions, `request_scale_out` asks for
-   an offered GPU class and at most `max_scale_out_count` nodes, `wallet_spend` pays a registered
-   payee. Reason: `context_invalid`. These depend on configuration only, so they run in
-   `parse_proposal` (which has the limits) and again in `validate_in_context` (idempotent), and a
-   proposal that breaks them is never `valid`, with or without a fleet snapshot.
-6. Fleet (`validate_in_context`): replicas exist and are in the state the action needs.
+   one invalid action blocks the whole proposal. The configured parts of the vocabulary are
+   checked here too: at most `Limits.max_actions_per_tick` actions, and `request_scale_out.gpu_class`
+   one of `Limits.gpu_classes`. Reason: `schema_invalid`.
+5. Context (`validate_in_context`, run by `decide_text` when a fleet snapshot is given): whether
+   the proposal fits the world. Every `replica_id` exists in the snapshot; `readmit_replica` only
+   for a healthy replica drained out of rotation (a quarantined one returns only through its
+   quarantine rollback); `quarantine_replica` only for a replica in rotation;
+   `request_scale_out.count` within `Limits.max_scale_out_count`; `wallet_spend` only to a
+   registered payee. The first violation, in action order, blocks the whole proposal.
    Reason: `context_invalid`.
+
+Split: what a proposal may *say* (vocabulary, including its configured enumerations) is schema;
+whether it fits the fleet, the configured fleet maximum and the payee registry is context.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from pydantic_core import ErrorDetails
 
 from overseer_dagster.core import redact
 from overseer_dagster.core.authority import effect_of
-from overseer_dagster.core.fleet import FleetSnapshot, Health, RoutingState
+from overseer_dagster.core.fleet import FleetSnapshot, Health, ReplicaState, RoutingState
 from overseer_dagster.core.limits import Limits
 from overseer_dagster.core.vocabulary import (
     MAX_ACTIONS,
@@ -106,9 +114,9 @@ def parse_proposal(raw: str | bytes, limits: Limits = Limits()) -> Verdict:
     try:
         obj = _load_json(_unfence(_as_text(raw)))
         envelope = _validate_envelope(obj)
-        violation = _configuration_violation(envelope.actions, limits)
+        violation = _configured_vocabulary_violation(envelope.actions, limits)
         if violation:
-            return Verdict.blocked(CONTEXT_INVALID, violation)
+            return Verdict.blocked(SCHEMA_INVALID, violation)
         return Verdict.valid(envelope.actions)
     except _Blocked as blocked:
         return Verdict.blocked(blocked.reason, blocked.detail)
@@ -117,11 +125,15 @@ def parse_proposal(raw: str | bytes, limits: Limits = Limits()) -> Verdict:
 
 
 def validate_in_context(verdict: Verdict, fleet: FleetSnapshot, limits: Limits) -> Verdict:
-    """Check a valid verdict against the limits and the fleet; any violation blocks it whole."""
+    """Check a valid verdict against the fleet and the limits; the first violation blocks it whole."""
     if verdict.verdict != "valid":
         return verdict
-    violation = _configuration_violation(verdict.actions, limits) or _fleet_violation(verdict.actions, fleet)
-    return Verdict.blocked(CONTEXT_INVALID, violation) if violation else verdict
+    replicas = {r.replica_id: r for r in fleet.replicas}
+    for index, action in enumerate(verdict.actions):
+        violation = _context_violation(action, replicas, limits)
+        if violation:
+            return Verdict.blocked(CONTEXT_INVALID, f"actions[{index}].{violation}")
+    return verdict
 
 
 def decide_text(raw: str | bytes, fleet: FleetSnapshot | None, limits: Limits = Limits()) -> Verdict:
@@ -324,41 +336,39 @@ _MESSAGES = {
 }
 
 
-# --- stages 5 and 6: configuration and fleet --------------------------------------------------
+# --- configured vocabulary (schema) and context ----------------------------------------------
 
 
-def _configuration_violation(actions: tuple[Action, ...], limits: Limits) -> str | None:
+def _configured_vocabulary_violation(actions: tuple[Action, ...], limits: Limits) -> str | None:
     if len(actions) > limits.max_actions_per_tick:
-        return f"actions: at most {limits.max_actions_per_tick} actions per tick (configured)"
-    for i, action in enumerate(actions):
-        if isinstance(action, RequestScaleOut):
-            if action.gpu_class not in limits.gpu_classes:
-                offered = ", ".join(limits.gpu_classes) or "none"
-                return f"actions[{i}].gpu_class: not an offered GPU class (offered: {offered})"
-            if action.count > limits.max_scale_out_count:
-                return f"actions[{i}].count: must be <= {limits.max_scale_out_count} (configured fleet maximum)"
-        elif isinstance(action, WalletSpend) and action.payee_ref not in limits.payee_refs:
-            return f"actions[{i}].payee_ref: not a registered payee"
+        return f"actions: must hold at most {limits.max_actions_per_tick} items (configured)"
+    for index, action in enumerate(actions):
+        if isinstance(action, RequestScaleOut) and action.gpu_class not in limits.gpu_classes:
+            offered = ", ".join(limits.gpu_classes) or "none"
+            return f"actions[{index}].gpu_class: must be one of the offered GPU classes ({offered})"
     return None
 
 
-def _fleet_violation(actions: tuple[Action, ...], fleet: FleetSnapshot) -> str | None:
-    replicas = {r.replica_id: r for r in fleet.replicas}
-    for i, action in enumerate(actions):
-        replica_id = getattr(action, "replica_id", None)
-        if replica_id is None:
-            continue
-        replica = replicas.get(replica_id)
-        where = f"actions[{i}].replica_id"
-        if replica is None:
-            return f"{where}: no such replica in the fleet snapshot"
-        if isinstance(action, ReadmitReplica):
-            if replica.routing_state is RoutingState.quarantined:
-                return f"{where}: readmit_replica cannot readmit a quarantined replica (only its quarantine rollback can)"
-            if replica.routing_state is not RoutingState.draining:
-                return f"{where}: readmit_replica needs a replica out of rotation (draining), not {replica.routing_state}"
-            if replica.health is not Health.healthy:
-                return f"{where}: readmit_replica needs a healthy replica, not {replica.health}"
-        elif isinstance(action, QuarantineReplica) and replica.routing_state is not RoutingState.admitted:
-            return f"{where}: quarantine_replica needs a replica in rotation (admitted), not {replica.routing_state}"
+def _context_violation(action: Action, replicas: dict[str, ReplicaState], limits: Limits) -> str | None:
+    """The first rule `action` breaks, as "<field>: <rule>", or None."""
+    if isinstance(action, RequestScaleOut) and action.count > limits.max_scale_out_count:
+        return f"count: must be <= {limits.max_scale_out_count} (configured fleet maximum)"
+    if isinstance(action, WalletSpend) and action.payee_ref not in limits.payee_refs:
+        return "payee_ref: not a registered payee"
+    replica_id = getattr(action, "replica_id", None)
+    if replica_id is None:
+        return None
+    replica = replicas.get(replica_id)
+    if replica is None:
+        return "replica_id: no such replica in the fleet snapshot"
+    state, health = replica.routing_state, replica.health
+    if isinstance(action, ReadmitReplica):
+        if state is RoutingState.quarantined:
+            return "replica_id: readmit_replica cannot readmit a quarantined replica (only its quarantine rollback can)"
+        if state is not RoutingState.draining:
+            return f"replica_id: readmit_replica needs a replica out of rotation (draining), not {state}"
+        if health is not Health.healthy:
+            return f"replica_id: readmit_replica needs a healthy replica, not {health}"
+    if isinstance(action, QuarantineReplica) and state is not RoutingState.admitted:
+        return f"replica_id: quarantine_replica needs a replica in rotation (admitted), not {state}"
     return None

@@ -5,6 +5,10 @@
 (no "8" -> 8, no 8.0 -> 8, no true -> 1) and frozen. Nothing here grants authority:
 what an action may do is keyed by its kind in `core.authority`, never by a proposal field.
 
+Free text (`reason`, `summary`) allows no control characters but newline and tab, no format
+(Unicode Cf: bidi, zero-width, BOM), invisible filler, separator or lone-surrogate characters,
+and must pass `redact.is_public_safe`.
+
 Configuration-dependent rules (offered GPU classes, the fleet's scale-out maximum,
 registered payees) are not checked here; they need `Limits` and live in `core.proposal`.
 """
@@ -12,8 +16,10 @@ registered payees) are not checked here; they need `Limits` and live in `core.pr
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -237,3 +243,43 @@ class Envelope(_Strict):
         BeforeValidator(_json_array_as_tuple),
         Field(min_length=1, max_length=MAX_ACTIONS),
     ]
+
+
+# One valid example per kind, as a mind would write it (the wallet_spend payee must also be
+# registered in `Limits.payee_refs` to pass the configuration check).
+EXAMPLES: Mapping[ActionKind, Mapping[str, object]] = MappingProxyType(
+    {
+        ActionKind.noop: {"kind": "noop", "reason": "fleet is steady"},
+        ActionKind.start_stress: {"kind": "start_stress", "concurrency": 8, "duration_s": 600},
+        ActionKind.scale_stress: {"kind": "scale_stress", "concurrency": 16, "replica_id": "gpu-node-1"},
+        ActionKind.back_off_stress: {"kind": "back_off_stress", "factor": 0.5},
+        ActionKind.stop_stress: {"kind": "stop_stress", "replica_id": "gpu-node-1"},
+        ActionKind.readmit_replica: {"kind": "readmit_replica", "replica_id": "gpu-node-2"},
+        ActionKind.warm_replica: {"kind": "warm_replica", "replica_id": "gpu-node-2", "requests": 20},
+        ActionKind.emit_report: {
+            "kind": "emit_report",
+            "topic": "capacity",
+            "summary": "Headroom 42 slots on 6 ready replicas.\nNo incidents.",
+        },
+        ActionKind.request_scale_out: {
+            "kind": "request_scale_out",
+            "gpu_class": "h100",
+            "count": 2,
+            "max_hourly_usd": 24.5,
+            "rollback": {"action": "scale_in", "after_s": 3600},
+            "reason": "queue depth rising for 10 minutes",
+        },
+        ActionKind.quarantine_replica: {
+            "kind": "quarantine_replica",
+            "replica_id": "gpu-node-3",
+            "reason_code": "error_rate",
+            "rollback": {"action": "readmit_replica", "replica_id": "gpu-node-3"},
+        },
+        ActionKind.wallet_spend: {
+            "kind": "wallet_spend",
+            "amount_sats": 21000,
+            "purpose": "provider_invoice",
+            "payee_ref": "payee-acme",
+        },
+    }
+)
