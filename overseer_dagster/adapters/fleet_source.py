@@ -3,6 +3,8 @@
 - `sample`: the snapshot shipped in the package (a fleet to look at before any is wired).
 - `snapshot:<path or http(s) URL>`: the routing-state oracle contract (docs/contracts.md) as JSON,
   from a file or a gateway's `GET /fleet/state`.
+- `probe:<config.json>`: vLLM/SGLang replicas probed directly (`ProbeConfig`).
+- `prometheus:<config.json>`: a Prometheus server's HTTP API (`PrometheusConfig`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from overseer_dagster.adapters.prometheus_source import PrometheusSource
+from overseer_dagster.adapters.replica_probe import ReplicaEndpoint, ReplicaProbeSource
 from overseer_dagster.core.fleet import FleetSnapshot
 
 
@@ -76,13 +80,53 @@ class SampleSource:
         return sample.model_copy(update={"observed_at": now, "replicas": replicas})
 
 
+class ProbeConfig(BaseModel):
+    """`probe:<file.json>`: replicas probed directly (`/health` + `/metrics` of vLLM or SGLang)."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: list[ReplicaEndpoint]
+    timeout_s: float = Field(default=2.0, gt=0)
+    concurrency: int = Field(default=64, ge=1)
+
+
+class PrometheusConfig(BaseModel):
+    """`prometheus:<file.json>`: a Prometheus server's instant queries; label values map to replica ids."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(pattern=r"^https?://")
+    replicas: dict[str, str]
+    max_inflight: int | dict[str, int]
+    replica_label: str = "instance"
+    stale_after_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+def _config(model: type[BaseModel], path: str) -> BaseModel:
+    try:
+        return model.model_validate_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"OVERSEER_FLEET_SOURCE: {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ValueError(f"OVERSEER_FLEET_SOURCE: {path}: {loc}: {first['msg']}") from None
+
+
 def from_spec(spec: str) -> FleetSource:
-    """`sample`, `snapshot:<path|URL>`, `probe:<endpoints.json>` or `prometheus:<config.json>`."""
+    """`sample`, `snapshot:<path|URL>`, `probe:<config.json>` or `prometheus:<config.json>`."""
     kind, _, arg = spec.partition(":")
     if kind == "sample" and not arg:
         return SampleSource()
     if kind == "snapshot" and arg:
         return SnapshotSource(arg)
+    if kind == "probe" and arg:
+        probe = _config(ProbeConfig, arg)
+        return ReplicaProbeSource(probe.replicas, timeout_s=probe.timeout_s, concurrency=probe.concurrency)
+    if kind == "prometheus" and arg:
+        prom = _config(PrometheusConfig, arg)
+        return PrometheusSource(prom.base_url, prom.replicas, prom.max_inflight, replica_label=prom.replica_label,
+                                stale_after_s=prom.stale_after_s, timeout_s=prom.timeout_s)
     raise ValueError(
-        f"OVERSEER_FLEET_SOURCE={spec!r} is not one of: sample, snapshot:<path or URL>"
+        f"OVERSEER_FLEET_SOURCE={spec!r} is not one of: sample, snapshot:<path or URL>, "
+        "probe:<config.json>, prometheus:<config.json>"
     )

@@ -1,0 +1,109 @@
+"""How long one direct probe of a whole fleet takes: `python -m overseer_dagster.bench.probe [replicas]`.
+
+One aiohttp server on loopback stands in for every replica (`/r/{i}/health`, `/r/{i}/metrics`), all
+serving one vLLM V1 page with two data-parallel engines. The server shares the process (and its GIL)
+with the prober, so the figure is pessimistic about CPU and optimistic about the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from overseer_dagster.adapters.replica_probe import ReplicaEndpoint, ReplicaProbeSource
+
+# vLLM V1's default bounds.
+_TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_ITL = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_E2E = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0)
+_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def metrics_page(engines: int = 2) -> str:
+    """A vLLM V1 `/metrics` page: the series the probe reads, and histograms it skips."""
+    lines: list[str] = []
+    for e in range(engines):
+        labels = f'engine="{e}",model_name="{_MODEL}"'
+        lines += [
+            f"vllm:num_requests_running{{{labels}}} {8 + e}.0",
+            f"vllm:num_requests_waiting{{{labels}}} {e}.0",
+            f"vllm:kv_cache_usage_perc{{{labels}}} 0.{3 + e}",
+            f"vllm:prompt_tokens_total{{{labels}}} 1.2e+06",
+            f"vllm:generation_tokens_total{{{labels}}} 3.4e+06",
+            f"vllm:num_preemptions_total{{{labels}}} 2.0",
+        ]
+        for reason in ("stop", "length", "abort"):
+            lines.append(f'vllm:request_success_total{{{labels},finished_reason="{reason}"}} 100.0')
+        histograms = {
+            "time_to_first_token_seconds": _TTFT,
+            "inter_token_latency_seconds": _ITL,
+            "time_per_output_token_seconds": _ITL,
+            "e2e_request_latency_seconds": _E2E,
+            "request_queue_time_seconds": _E2E,
+            "request_prefill_time_seconds": _E2E,
+            "request_decode_time_seconds": _E2E,
+        }
+        for name, bounds in histograms.items():
+            lines.append(f"# TYPE vllm:{name} histogram")
+            for i, le in enumerate((*bounds, "+Inf")):
+                lines.append(f'vllm:{name}_bucket{{{labels},le="{le}"}} {min(10 * i, 150)}.0')
+            lines += [f"vllm:{name}_count{{{labels}}} 150.0", f"vllm:{name}_sum{{{labels}}} 321.5"]
+    return "\n".join(lines) + "\n"
+
+
+def run(replicas: int = 1000) -> dict:
+    page = metrics_page()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/plain")
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/r/{i}/metrics", metrics)
+    app.router.add_get("/r/{i}/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="bench-replicas", daemon=True)
+    thread.start()
+
+    async def start() -> str:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    try:
+        base = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+        source = ReplicaProbeSource(
+            ReplicaEndpoint(replica_id=f"r{i}", base_url=f"{base}/r/{i}", max_inflight=64) for i in range(replicas)
+        )
+        wall, cpu = time.perf_counter(), time.process_time()
+        fleet = source.snapshot(datetime.now(UTC))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+    return {
+        "bench": "probe",
+        "replicas": replicas,
+        "wall_s": round(wall, 3),
+        # Both sides' CPU: on a machine shared with other work, wall time alone misleads.
+        "cpu_s": round(cpu, 3),
+        "ready": fleet.ready_replicas,
+        "unknown_reasons": dict(Counter(r.unknown_reason for r in fleet.replicas if r.unknown_reason)),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(*(int(a) for a in sys.argv[1:2]))))

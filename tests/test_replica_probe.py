@@ -1,0 +1,186 @@
+"""ReplicaProbeSource against real HTTP servers on loopback, one per replica, serving the real samples."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from http_fixtures import LoopbackServer, closed_port_url
+
+from overseer_dagster.adapters.replica_probe import ReplicaEndpoint, ReplicaProbeSource
+from overseer_dagster.core.fleet import FleetSnapshot, Health, RoutingState
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TIMEOUT_S = 0.5
+
+# A current vLLM V1 page: two data-parallel engines, every series labelled engine="<index>".
+V1_PAGE = "".join(
+    f'vllm:num_requests_running{{engine="{e}",model_name="m"}} {running}\n'
+    f'vllm:num_requests_waiting{{engine="{e}",model_name="m"}} {waiting}\n'
+    f'vllm:time_to_first_token_seconds_bucket{{engine="{e}",le="0.1",model_name="m"}} 10\n'
+    f'vllm:time_to_first_token_seconds_bucket{{engine="{e}",le="0.5",model_name="m"}} 20\n'
+    f'vllm:time_to_first_token_seconds_bucket{{engine="{e}",le="+Inf",model_name="m"}} 20\n'
+    f'vllm:time_to_first_token_seconds_count{{engine="{e}",model_name="m"}} 20\n'
+    f'vllm:inter_token_latency_seconds_bucket{{engine="{e}",le="0.02",model_name="m"}} 100\n'
+    f'vllm:inter_token_latency_seconds_bucket{{engine="{e}",le="+Inf",model_name="m"}} 100\n'
+    f'vllm:inter_token_latency_seconds_count{{engine="{e}",model_name="m"}} 100\n'
+    for e, running, waiting in ((0, 6, 1), (1, 4, 2))
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def replica(health: Handler, metrics: Handler) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def ok(text: str = "") -> Handler:
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(text=text, content_type="text/plain")
+
+    return handler
+
+
+def status(code: int) -> Handler:
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=code)
+
+    return handler
+
+
+async def hang(_: web.Request) -> web.Response:
+    await asyncio.sleep(30)
+    return web.Response()
+
+
+def sample(name: str) -> Handler:
+    return ok((FIXTURES / name).read_text())
+
+
+# replica id -> (app, max_inflight); None: nothing listens there.
+REPLICAS: dict[str, tuple[web.Application | None, int]] = {
+    "vllm-v1": (replica(ok(), ok(V1_PAGE)), 32),
+    "vllm-v1-doc": (replica(ok(), sample("vllm-metrics-sample-2.txt")), 32),
+    "vllm-v0": (replica(ok(), sample("vllm-metrics-sample-1.txt")), 16),
+    "sglang": (replica(ok(), sample("sglang-metrics-sample-1.txt")), 4096),
+    "sick": (replica(status(503), sample("sglang-metrics-sample-1.txt")), 4096),
+    "garbage": (replica(ok(), ok("<html><body>not metrics</body></html>")), 16),
+    "metrics-error": (replica(ok(), status(500)), 16),
+    "hangs": (replica(hang, sample("vllm-metrics-sample-1.txt")), 16),
+    "metrics-hang": (replica(ok(), hang), 16),
+    "gone": (None, 16),
+}
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[FleetSnapshot]:
+    with contextlib.ExitStack() as servers:
+        endpoints = [
+            ReplicaEndpoint(
+                replica_id=rid,
+                base_url=servers.enter_context(LoopbackServer(app)) if app else closed_port_url(),
+                max_inflight=max_inflight,
+            )
+            for rid, (app, max_inflight) in REPLICAS.items()
+        ]
+        yield ReplicaProbeSource(endpoints, timeout_s=TIMEOUT_S).snapshot(NOW)
+
+
+def test_healthy_replicas_report_their_load(fleet: FleetSnapshot) -> None:
+    v1, v0, sglang = fleet.replica("vllm-v1"), fleet.replica("vllm-v0"), fleet.replica("sglang")
+    assert v1 and v0 and sglang
+    assert (v1.health, v1.inflight, v1.queue_depth, v1.unknown_reason) == (Health.healthy, 13, 3, None)
+    assert (v1.ttft_p50_s, v1.ttft_p99_s, v1.itl_p50_s, v1.itl_p90_s) == pytest.approx((0.1, 0.492, 0.01, 0.018))
+    assert (v0.health, v0.inflight, v0.ttft_p50_s) == (Health.healthy, 0, None)
+    assert (sglang.health, sglang.inflight, sglang.queue_depth) == (Health.healthy, 162 + 2826, 2826)
+    assert sglang.ttft_p50_s == 30.0
+    assert sglang.itl_p50_s == pytest.approx(0.0930824, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("replica_id", "health", "reason"),
+    [
+        ("sick", Health.unhealthy, None),
+        # The document's V1 sample is elided: no waiting count, so no inflight, so not trusted.
+        ("vllm-v1-doc", Health.unknown, "metrics_missing:requests_waiting"),
+        ("garbage", Health.unknown, "metrics_malformed"),
+        ("metrics-error", Health.unknown, "metrics_status:500"),
+        ("hangs", Health.unknown, "timeout"),
+        ("metrics-hang", Health.unknown, "timeout"),
+        ("gone", Health.unknown, "connect_error"),
+    ],
+)
+def test_replicas_that_cannot_be_trusted_are_never_healthy(
+    fleet: FleetSnapshot, replica_id: str, health: Health, reason: str | None
+) -> None:
+    state = fleet.replica(replica_id)
+    assert state is not None
+    assert (state.health, state.unknown_reason) == (health, reason)
+
+
+def test_an_unhealthy_replica_still_shows_its_load(fleet: FleetSnapshot) -> None:
+    sick = fleet.replica("sick")
+    assert sick is not None and sick.inflight == 162 + 2826 and not sick.ready
+
+
+def test_fleet_totals_count_only_ready_replicas(fleet: FleetSnapshot) -> None:
+    assert fleet.ready_replicas == 3
+    assert fleet.headroom == (32 - 13) + (16 - 0) + (4096 - 2988)
+    assert all(r.routing_state is RoutingState.admitted for r in fleet.replicas)
+    assert {r.observed_at for r in fleet.replicas} == {NOW} and fleet.observed_at == NOW
+    assert [r.replica_id for r in fleet.replicas] == list(REPLICAS)
+
+
+def test_no_address_leaves_the_probe(fleet: FleetSnapshot) -> None:
+    assert "127.0.0.1" not in fleet.model_dump_json()
+
+
+def test_at_most_concurrency_replicas_are_probed_at_once() -> None:
+    open_now = peak = 0
+
+    async def counted(_: web.Request) -> web.Response:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        await asyncio.sleep(0.02)
+        open_now -= 1
+        return web.Response(text=V1_PAGE)
+
+    app = web.Application()
+    app.router.add_get("/r/{i}/health", counted)
+    app.router.add_get("/r/{i}/metrics", counted)
+    with LoopbackServer(app) as base:
+        endpoints = [ReplicaEndpoint(replica_id=f"r{i}", base_url=f"{base}/r/{i}", max_inflight=8) for i in range(12)]
+        fleet = ReplicaProbeSource(endpoints, concurrency=3).snapshot(NOW)
+    assert fleet.ready_replicas == 12
+    assert peak == 3
+
+
+def test_configuration_is_checked() -> None:
+    endpoint = ReplicaEndpoint(replica_id="a", base_url="http://a.invalid", max_inflight=1)
+    with pytest.raises(ValueError):
+        ReplicaProbeSource([endpoint, endpoint])
+    with pytest.raises(ValueError):
+        ReplicaProbeSource([endpoint], timeout_s=0)
+    with pytest.raises(ValueError):
+        ReplicaEndpoint(replica_id="Not_An_Id", base_url="http://a.invalid", max_inflight=1)
+    with pytest.raises(ValueError):
+        ReplicaEndpoint(replica_id="a", base_url="a.invalid:8000", max_inflight=1)
+    with pytest.raises(ValueError):
+        ReplicaProbeSource([endpoint]).snapshot(datetime(2026, 3, 1))  # naive: whose noon?
+
+
+def test_a_page_too_large_to_read_is_not_trusted() -> None:
+    with LoopbackServer(replica(ok(), sample("sglang-metrics-sample-1.txt"))) as base:
+        endpoint = ReplicaEndpoint(replica_id="big", base_url=base, max_inflight=8)
+        fleet = ReplicaProbeSource([endpoint], max_metrics_bytes=4096).snapshot(NOW)
+    assert (fleet.replicas[0].health, fleet.replicas[0].unknown_reason) == (Health.unknown, "metrics_too_large")
