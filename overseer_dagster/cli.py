@@ -115,6 +115,71 @@ def cmd_tick(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# --- audit -------------------------------------------------------------------------------------
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from overseer_dagster.store import connect, journal
+
+    report = journal.verify(connect())
+    if args.json:
+        _emit({"ok": report.ok, "rows": report.rows, "broken_seq": report.broken_seq, "problem": report.problem})
+    elif report.ok:
+        print(f"audit chain intact: {report.rows} rows")
+    else:
+        print(f"audit chain broken at seq {report.broken_seq}: {report.problem}")
+    return 0 if report.ok else 1
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from overseer_dagster.store import connect, journal
+
+    if args.n < 1:
+        raise UsageError("-n must be at least 1")
+    for row in map(journal.public, journal.tail(connect(), args.n)):
+        if args.json:
+            _emit(row)
+        else:
+            print(f"{row['seq']:>6} {row['created_at'][:19]} {row['phase']:<8} {row['state']:<19} "
+                  f"{row['reason'] or '':<22} {row['kind'] or '':<18} {row['detail'] or ''}".rstrip())
+    return 0
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from overseer_dagster import settings
+    from overseer_dagster.core import projection
+    from overseer_dagster.store import connect
+    from overseer_dagster.store.health import snapshot_from_store
+
+    snapshot = snapshot_from_store(connect(), datetime.now(UTC), settings.health_thresholds())
+    markdown, document = projection.public_report(snapshot)
+    if not args.private:
+        if args.json:
+            _emit(document)
+        else:
+            sys.stdout.write(markdown)
+        return 0
+    private = {**snapshot.model_dump(mode="json"), "claims": [c.model_dump(mode="json") for c in snapshot.claims]}
+    if args.json:
+        _emit(private)
+        return 0
+    sys.stdout.write("PRIVATE (operator view: figures as measured, free-text notes). Do not publish.\n\n" + markdown)
+    sys.stdout.write("\n## Figures as measured\n\n")
+    for claim in snapshot.claims:
+        measured = snapshot.figures.get(claim.name)
+        print(f"- {claim.name.value}: {measured} {claim.unit} ({'stated' if claim.stated else 'unverified'})")
+    if snapshot.notes:
+        sys.stdout.write("\n## Notes\n\n")
+        for key, note in snapshot.notes.items():
+            print(f"- {key}: {note}")
+    return 0
+
+
 # --- bench -------------------------------------------------------------------------------------
 
 
@@ -154,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_tick)
 
+    p = sub.add_parser("health", help="the fleet health snapshot and its public report (from the store)")
+    p.add_argument("--json", action="store_true", help="the report document as JSON")
+    p.add_argument("--private", action="store_true", help="operator view: figures as measured and free-text notes")
+    p.set_defaults(handler=cmd_health)
+
     p = sub.add_parser("demo", help="the lab, the stress harness and Dagster (webserver + daemon) on 127.0.0.1")
     p.add_argument("--port", type=int, default=3000, help="Dagster webserver port (default 3000)")
     p.set_defaults(handler=lambda a: __import__("overseer_dagster.demo", fromlist=["main"]).main(a))
@@ -172,6 +242,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench("probe", replicas=True))
+    p = bsub.add_parser("dispatch", help="decision-to-outcome latency through the real Dagster daemon (SQLite)")
+    p.add_argument("--actions", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench("dispatch", actions=True))
+
+    audit = sub.add_parser("audit", help="the journal's hash chain: verify it, or show its newest rows public-safe")
+    asub = audit.add_subparsers(dest="audit", required=True, metavar="AUDIT")
+    p = asub.add_parser("verify", help="walk the chain; exit 1 naming the first broken row, 0 if intact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_audit_verify)
+    p = asub.add_parser("tail", help="the newest journal rows (public columns, scrubbed)")
+    p.add_argument("-n", type=int, default=20, help="how many rows (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(handler=cmd_audit_tail)
+
+    p = bsub.add_parser("spike", help="external spike on the lab under four stress arms (no_stress, static, hpa, overseer)")
+    p.add_argument("--quick", action="store_true", help="a shorter spike and phases (finishes within 90 s)")
+    p.add_argument("--json", action="store_true", help="print the result (keyed by arm) as JSON")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--png", default="spike-timeline.png", help="timeline figure path (default spike-timeline.png)")
+    p.set_defaults(handler=lambda a: __import__("overseer_dagster.bench.spike", fromlist=["main"]).main(a))
+
+    p = sub.add_parser("stress", help="the stress harness: preemptible internal load that yields to external demand")
+    p.add_argument("--replicas", required=True,
+                   help='JSON {replica_id: base URL}, the lab\'s "lab ready {...}" line, or a file holding either')
+    p.add_argument("--gateway", help="routing-state oracle base URL (GET /fleet/state); default: the ready line's")
+    p.add_argument("--database-url", help="the overseer's store (default: OVERSEER_DATABASE_URL or local SQLite)")
+    p.add_argument("--interval-ms", type=int, default=250, help="fast-loop period, at most 250 (default 250)")
+    p.add_argument("--reserve", type=int, default=1, help="slots per replica kept free for external arrivals")
+    p.add_argument("--cadence-s", type=float, default=60.0,
+                   help="the overseer's tick cadence; no target written for 2x this: stress goes to zero")
+    p.add_argument("--max-inflight", type=int, default=0, help="engine max_num_seqs (only without a gateway)")
+    p.add_argument("--model", help="model name to send (default: none, the server's own)")
+    p.add_argument("--seed", type=int, default=0, help="workload seed")
+    p.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--report-s", type=float, default=10.0, help="status log period in seconds")
+    p.set_defaults(handler=lambda a: __import__("overseer_dagster.stress.cli", fromlist=["main"]).main(a))
 
     for module, register in _plugins():
         register(sub, bsub)

@@ -13,7 +13,8 @@ def instance() -> dg.DagsterInstance:
 
 
 def run_tick_once() -> tuple[list[dict], bool]:
-    """One tick through the real `overseer_tick` job; returns its journal rows (public-safe fields)."""
+    """One tick through the real `overseer_tick` job; returns its journal rows, projected (core.projection)."""
+    from overseer_dagster.core import projection
     from overseer_dagster.definitions import defs
     from overseer_dagster.store import connect, journal
 
@@ -25,5 +26,7 @@ def run_tick_once() -> tuple[list[dict], bool]:
         if "tick_id" in meta:
             tick_id = meta["tick_id"].value
     rows = journal.for_tick(connect(), tick_id) if tick_id else []
-    public = ("seq", "created_at", "state", "reason", "detail", "kind", "authority", "gate_id", "action_id")
-    return [{k: (r[k].isoformat() if k == "created_at" else r[k]) for k in public} for r in rows], result.success
+    # Free text (`detail`) stays in the store: the output is the `tick_rows` projection of typed fields.
+    public = projection.TICK_ROW.fields
+    shown = projection.surface("tick_rows", {"rows": [{k: r[k] for k in public} for r in rows]})
+    return shown.value["rows"], result.success

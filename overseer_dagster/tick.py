@@ -16,6 +16,7 @@ from overseer_dagster.adapters.mind import Mind
 from overseer_dagster.core.context import DemandSummary, StressStatus, TickContext
 from overseer_dagster.core.decide import Row, rows_for, tick_row
 from overseer_dagster.core.fleet import FleetSnapshot
+from overseer_dagster.core.health import reason_code
 from overseer_dagster.core.proposal import decide_text
 from overseer_dagster.settings import TickSettings
 from overseer_dagster.store import actions, gates, journal, ticks, write_tx
@@ -107,7 +108,8 @@ def run_tick(
             answer = mind.propose(ctx)
             raw = answer.raw
             if answer.unavailable or raw is None:
-                reason = answer.unavailable or "mind_unavailable"
+                # A mind adapter's code lands in short columns and public metadata: only a code gets through.
+                reason = reason_code(answer.unavailable, "mind_unavailable")
                 rows, outcome = [tick_row("skipped", reason, answer.detail)], reason
             else:
                 verdict = decide_text(raw, fleet, settings.limits)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
+from overseer_dagster.core.redact import redact
 from overseer_dagster.store.tables import chain_head, decisions
 
 GENESIS = "0" * 64
@@ -113,3 +114,20 @@ def for_tick(engine: Engine, tick_id: str) -> list[dict[str, Any]]:
             select(decisions).where(decisions.c.tick_id == tick_id).order_by(decisions.c.seq)
         ).mappings().all()
     return [dict(r) for r in rows]
+
+
+# The columns a public surface (CLI, UI, reports) may show; action_json and raw_* stay in the store.
+PUBLIC_FIELDS = (
+    "seq", "created_at", "phase", "state", "reason", "detail", "kind", "authority", "tick_id", "action_id",
+    "gate_id", "row_hash",
+)  # fmt: skip
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A journal row as a public surface shows it: public columns only, free text scrubbed."""
+    out = {k: row.get(k) for k in PUBLIC_FIELDS}
+    out["created_at"] = row["created_at"].isoformat()
+    for k in ("reason", "detail"):
+        if out[k]:
+            out[k] = redact(out[k])
+    return out

@@ -49,3 +49,27 @@ def window_by_kind(engine: Engine, now: datetime, window_s: float) -> list[dict]
 def last_row_at(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
         return conn.execute(select(func.max(ledger.c.ts))).scalar()
+
+
+def goodput(engine: Engine, now: datetime, window_s: float, itl_slo_s: float) -> dict[str, float]:
+    """Tokens/s per demand kind over (now - window, now] of requests that met the ITL SLO.
+
+    A request counts when it finished `ok` and its mean ITL is within the SLO (or it had no ITL: one
+    token). Tokens are prompt + completion, as in `window_by_kind`. One GROUP BY in the database.
+    """
+    if window_s <= 0:
+        raise ValueError("window_s must be positive")
+    since = now - timedelta(seconds=window_s)
+    query = (
+        select(
+            ledger.c.demand_kind,
+            func.coalesce(func.sum(ledger.c.prompt_tokens + ledger.c.completion_tokens), 0).label("tokens"),
+        )
+        .where(
+            ledger.c.ts > since, ledger.c.ts <= now, ledger.c.outcome == "ok",
+            (ledger.c.itl_s.is_(None)) | (ledger.c.itl_s <= itl_slo_s),
+        )
+        .group_by(ledger.c.demand_kind)
+    )
+    with engine.connect() as conn:
+        return {r["demand_kind"]: float(r["tokens"]) / window_s for r in conn.execute(query).mappings()}

@@ -199,3 +199,14 @@ ledger = Table(
     CheckConstraint("prompt_tokens >= 0 AND completion_tokens >= 0", name="tokens_nonnegative"),
     Index("ix_ledger_ts_kind", "ts", "demand_kind"),
 )
+
+# Public-safe reports the overseer emits (`emit_report`): one per action, summary already scrubbed.
+reports = Table(
+    "reports",
+    metadata,
+    Column("report_id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    Column("topic", String(16), nullable=False),
+    Column("summary", Text, nullable=False),  # public-safe (core.redact)
+    Column("action_id", String(36), nullable=True, unique=True),
+)

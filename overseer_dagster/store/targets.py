@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, func, insert, select
 
+from overseer_dagster.core.context import StressStatus
 from overseer_dagster.store.tables import stress_targets
 
 MAX_CONCURRENCY = 64
@@ -37,6 +38,12 @@ def set_target(conn: Connection, *, replica_id: str | None, concurrency: int, no
 
 def active(engine: Engine, now: datetime) -> dict[str | None, StressTarget]:
     """The newest unexpired target per scope (None = pool-wide)."""
+    with engine.connect() as conn:
+        return active_on(conn, now)
+
+
+def active_on(conn: Connection, now: datetime) -> dict[str | None, StressTarget]:
+    """`active`, inside the caller's transaction (read and write the targets atomically)."""
     newest = (
         select(stress_targets.c.replica_id, func.max(stress_targets.c.target_id).label("target_id"))
         .where(stress_targets.c.expires_at > now, stress_targets.c.created_at <= now)
@@ -44,8 +51,7 @@ def active(engine: Engine, now: datetime) -> dict[str | None, StressTarget]:
         .subquery()
     )
     query = select(stress_targets).join(newest, stress_targets.c.target_id == newest.c.target_id)
-    with engine.connect() as conn:
-        rows = conn.execute(query).mappings().all()
+    rows = conn.execute(query).mappings().all()
     return {
         r["replica_id"]: StressTarget(r["replica_id"], r["concurrency"], r["created_at"], r["expires_at"])
         for r in rows
@@ -55,3 +61,21 @@ def active(engine: Engine, now: datetime) -> dict[str | None, StressTarget]:
 def last_refreshed(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
         return conn.execute(select(func.max(stress_targets.c.created_at))).scalar()
+
+
+def written_by(conn: Connection, action_id: str) -> int:
+    """How many target rows this action wrote (0: its effect is not in the store)."""
+    return conn.execute(
+        select(func.count()).select_from(stress_targets).where(stress_targets.c.action_id == action_id)
+    ).scalar_one()
+
+
+def status(engine: Engine, now: datetime) -> StressStatus:
+    """The stress targets in force at `now`, and when they were last refreshed."""
+    current = active(engine, now)
+    pool = current.get(None)
+    return StressStatus(
+        pool_concurrency=pool.concurrency if pool else 0,
+        per_replica={k: t.concurrency for k, t in current.items() if k is not None},
+        last_refreshed_at=last_refreshed(engine),
+    )
