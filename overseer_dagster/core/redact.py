@@ -76,9 +76,8 @@ class _Rule:
     patterns: tuple[tuple[str, re.Pattern[str]], ...]
     check: Check = _whole
     # Patterns are lowercase and run on text.lower(): case-insensitive keywords keep a literal prefix.
+    # (If lower() changes the length, U+0130, they run IGNORECASE on the text itself.)
     lowered: bool = False
-    # IGNORECASE twins of `patterns`, for the rare text whose lower() changes length (U+0130).
-    fallback: tuple[tuple[str, re.Pattern[str]], ...] = ()
     # Skip a match that starts inside a span its own pattern already produced: the value it would
     # find lies inside that span. Keeps `key=key=key=...` and nested structures linear.
     skip_inside: bool = False
@@ -104,9 +103,12 @@ def _needle(source: str) -> str:
 
 
 def _rule(kind: str, *sources: str, check: Check = _whole, lowered: bool = False, skip_inside: bool = False) -> _Rule:
-    patterns = tuple((_needle(s), re.compile(s)) for s in sources)
-    fallback = tuple((_needle(s), re.compile(s, re.IGNORECASE)) for s in sources) if lowered else ()
-    return _Rule(kind, patterns, check, lowered, fallback, skip_inside)
+    return _Rule(kind, tuple((_needle(s), re.compile(s)) for s in sources), check, lowered, skip_inside)
+
+
+@cache
+def _ignorecase(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    return re.compile(pattern.pattern, re.IGNORECASE)
 
 
 def _first(head: str, before: str) -> str:
@@ -188,13 +190,12 @@ def _candidates(text: str) -> list[tuple[int, int, int, str]]:
     lowered = probe if len(probe) == len(text) else None
     out: list[tuple[int, int, int, str]] = []
     for order, rule in enumerate(_RULES):
-        if rule.lowered:
-            subject, patterns = (lowered, rule.patterns) if lowered is not None else (text, rule.fallback)
-        else:
-            subject, patterns = text, rule.patterns
-        for needle, pattern in patterns:
+        subject = lowered if rule.lowered and lowered is not None else text
+        for needle, pattern in rule.patterns:
             if needle not in probe:
                 continue
+            if rule.lowered and lowered is None:
+                pattern = _ignorecase(pattern)
             covered = -1
             for m in _matches(pattern, subject):
                 if m.start() < covered:
@@ -566,7 +567,7 @@ def _check_kv(text: str, m: re.Match[str], kind: str) -> Iterator[Span]:
         if (len(value) <= 9 and value.lower() in _NULLISH) or not value.strip("*") or _NOT_A_VALUE.fullmatch(value):
             return
         if sep.startswith('"') and len(value) <= 32 and value.replace(".", "", 1).lstrip("-").isdigit():
-            return  # a JSON number ("max_token": 5): redacting it would break the document
+            return  # a JSON number ("token": 5): redacting it would break the document
         span = (i, end)
     elif text[span[0] : span[1]].lower() in _NULLISH:
         return
