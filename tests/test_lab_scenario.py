@@ -148,8 +148,9 @@ def test_scenario_runs_faults_and_traffic() -> None:
 
     summaries, slow_factor, killed = run(go())
     assert slow_factor == 2 and not killed
-    assert len(summaries) == 1 and summaries[0]["sent"] > 5
-    assert summaries[0]["failed"] == 0  # the gateway retried around the killed replica
+    assert len(summaries) == 1 and summaries[0]["sent"] > 5 and summaries[0]["ok"] > 0
+    # New requests go around the killed replica; only streams cut mid-way by the kill may fail, and say so.
+    assert set(summaries[0]["failures_by_reason"]) <= {"upstream_error"}
 
 
 def test_ledger_buffer_batches_off_loop_and_survives_a_failing_sink() -> None:
