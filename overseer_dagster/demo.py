@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from overseer_dagster.deploy import Deployment, DeployError, Service, _bin, spawn
+from overseer_dagster.deploy import Deployment, DeployError, Service, console_script, spawn
 from overseer_dagster.store import connect, overseer_home
 
 READY = "lab ready "
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     logs = root / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     connect()  # migrate the store once, before several processes open it
-    overseer = _bin("overseer")
+    overseer = console_script("overseer")
     services: list[Service] = []
     dagster = Deployment(root, env={})
     try:

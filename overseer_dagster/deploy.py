@@ -56,10 +56,12 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (beside the running interpreter), else from PATH."""
     local = Path(sys.executable).with_name(name)
     return str(local) if local.exists() else name
+
+
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Deployment:
         from dagster._grpc.client import DagsterGrpcClient  # the daemon's own client
 
         service = self._spawn("code-server", [
-            _bin("dagster"), "api", "grpc", "-m", self.module, "-h", HOST, "-p", str(self.grpc_port),
+            console_script("dagster"), "api", "grpc", "-m", self.module, "-h", HOST, "-p", str(self.grpc_port),
             "--location-name", self.location,
         ])
         client = DagsterGrpcClient(port=self.grpc_port, host=HOST)
@@ -178,7 +180,7 @@ class Deployment:
 
     def start_daemon(self) -> Service:
         started = time.time()
-        service = self._spawn("daemon", [_bin("dagster-daemon"), "run", "-w", str(self.workspace)])
+        service = self._spawn("daemon", [console_script("dagster-daemon"), "run", "-w", str(self.workspace)])
         with self.instance() as instance:
             def beating() -> bool:
                 beats = instance.get_daemon_heartbeats()
@@ -190,7 +192,7 @@ class Deployment:
     def start_webserver(self, port: int | None = None) -> Service:
         port = port or free_port()
         service = self._spawn("webserver", [
-            _bin("dagster-webserver"), "-h", HOST, "-p", str(port), "-w", str(self.workspace),
+            console_script("dagster-webserver"), "-h", HOST, "-p", str(port), "-w", str(self.workspace),
         ])
         url = f"http://{HOST}:{port}"
         wait_until(lambda: urllib.request.urlopen(f"{url}/server_info", timeout=2).status == 200,  # noqa: S310
@@ -215,7 +217,7 @@ class Deployment:
     def start_schedule(self, name: str) -> None:
         """Turn a schedule on, exactly as the UI's toggle does (`dagster schedule start`)."""
         result = subprocess.run(
-            [_bin("dagster"), "schedule", "start", name, "-w", str(self.workspace), "-l", self.location],
+            [console_script("dagster"), "schedule", "start", name, "-w", str(self.workspace), "-l", self.location],
             env=self.process_env, cwd=self.root, capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:

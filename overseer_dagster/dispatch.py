@@ -96,7 +96,7 @@ def dispatch_action(
                           kind=row["kind"] if row else None)
     now = clock()
     action, invalid = _stored_action(row)
-    if action is None:
+    if invalid is not None:
         return _record(engine, row, "blocked", invalid, now=now, expected="queued")
     if not enabled:
         return _record(engine, row, "blocked", ("kill_switch", "OVERSEER_ENABLED is off"), now=now, expected="queued")
@@ -130,7 +130,7 @@ def dispatch_action(
     return _record(engine, row, "succeeded", (None, detail), now=clock(), report=report)
 
 
-def _stored_action(row: dict) -> tuple[Action | None, tuple[str, str]]:
+def _stored_action(row: dict) -> tuple[Action, None] | tuple[None, tuple[str, str]]:
     """The stored action, re-validated: the row may have been edited since the tick validated it."""
     try:
         action = _ACTION.validate_json(row["action_json"])
@@ -143,7 +143,7 @@ def _stored_action(row: dict) -> tuple[Action | None, tuple[str, str]]:
     # Authority comes from the table, never from the row.
     if not AUTHORITY[action.action_kind].autonomous:
         return None, ("not_autonomous", f"{action.kind} needs an approved gate")
-    return action, ("", "")
+    return action, None
 
 
 def _stale(row: dict, now: datetime) -> tuple[str, str]:

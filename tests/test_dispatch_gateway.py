@@ -172,3 +172,23 @@ def test_a_recovered_replica_is_readmitted_within_two_ticks(engine, store_url, g
     assert actions.get(engine, readmit["action_id"])["status"] == "succeeded"
     time.sleep(1.0)
     assert "readmit_replica" not in {r["kind"] for r in tick().rows}  # healed: nothing more to do
+
+
+def test_a_flapping_replica_is_proposed_for_quarantine_but_never_dispatched(engine, store_url, gateway) -> None:
+    from test_sensors import evaluate, schedule_state
+
+    from overseer_dagster.defs.resources import FleetResource, StoreResource
+
+    gateway.set("r-0", breaker_trips_30m=3)
+    source = SnapshotSource(f"{gateway.base}/fleet/state")
+    now = datetime.now(UTC)
+    rows = run_tick(engine, now=now, settings=settings.TickSettings(), enabled=True, mode="autonomous",
+                    fleet=source.snapshot(now), fleet_problem=None, demand=None, stress=StressStatus(),
+                    mind=RuleMind()).rows
+    [quarantine] = [r for r in rows if r["kind"] == "quarantine_replica"]
+    assert (quarantine["state"], quarantine["authority"]) == ("pending_approval", "gated")
+    resources = {"store": StoreResource(database_url=store_url), "fleet": FleetResource(source="sample")}
+    with dg.instance_for_test() as instance, schedule_state(instance, running=True):
+        result = evaluate(instance, resources)
+    assert quarantine["action_id"] not in {r.tags["overseer/action_id"] for r in result.run_requests}
+    assert ("r-0", "quarantine") not in gateway.admin_calls
