@@ -145,6 +145,27 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- replay ------------------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from overseer_dagster import replay
+    from overseer_dagster.store import connect
+
+    try:
+        since = replay.parse_since(args.since, datetime.now(UTC))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    report = replay.replay(connect(), since)
+    if args.json:
+        _emit(report.public())
+    else:
+        sys.stdout.write(replay.render(report))
+    return 1 if report.differs else 0
+
+
 # --- health ------------------------------------------------------------------------------------
 
 
@@ -246,6 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actions", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench("dispatch", actions=True))
+    p = bsub.add_parser("soak", help="lab, stress and Dagster under injected faults for N minutes; exit 0 only "
+                                     "if every check passes")
+    p.add_argument("--minutes", type=float, required=True, help="how long faults are injected")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault plan and the mind script")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=lambda a: __import__("overseer_dagster.bench.soak", fromlist=["main"]).main(a))
+    p = bsub.add_parser("tick", help="one full tick (wall time, peak RSS) by fleet and ledger size, next to a no-op floor")
+    p.add_argument("--replicas", default="100,1000,10000", help="comma-separated fleet sizes")
+    p.add_argument("--ledger-rows", dest="ledger_rows", default="10000,100000,1000000",
+                   help="comma-separated ledger sizes (rows inside the demand window)")
+    p.add_argument("--repeats", type=int, default=3, help="ticks per cell; figures are medians (default 3)")
+    p.add_argument("--profile", action="store_true", help="also profile one tick per cell (cProfile): top entries")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=lambda a: __import__("overseer_dagster.bench.tick", fromlist=["cli"]).cli(a))
+
+    p = sub.add_parser("replay", help="re-decide recorded ticks with the rule policy; exit 1 if any decision differs")
+    p.add_argument("--since", required=True, help="a duration before now (30m, 2h, 7d) or an RFC 3339 time")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_replay)
 
     audit = sub.add_parser("audit", help="the journal's hash chain: verify it, or show its newest rows public-safe")
     asub = audit.add_subparsers(dest="audit", required=True, metavar="AUDIT")
@@ -290,14 +330,16 @@ def _plugins() -> list[tuple[str, Callable]]:
     found = []
     import importlib
 
-    for module in ("overseer_dagster.lab.cli",):
+    for module in ("overseer_dagster.lab.cli", "overseer_dagster.operator_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError:
             continue
 
         def register(sub, bsub, mod=mod) -> None:  # noqa: ANN001
-            mod.add_lab_commands(sub)
+            for name in ("add_lab_commands", "add_commands"):
+                if hasattr(mod, name):
+                    getattr(mod, name)(sub)
             mod.add_bench_commands(bsub)
 
         found.append((module, register))

@@ -6,6 +6,14 @@ import dagster as dg
 
 from overseer_dagster.defs import assets
 from overseer_dagster.defs.actions import dispatch_action, fleet_reports
+from overseer_dagster.defs.approvals import (
+    approval_gates,
+    approval_receipts,
+    approve_action,
+    approved_dispatch,
+    due_rollbacks,
+    rollback_action,
+)
 from overseer_dagster.defs.health import fleet_health, loop_fresh, overseer_watch, overseer_watch_schedule
 from overseer_dagster.defs.io import PrivateValueIOManager
 from overseer_dagster.defs.jobs import overseer_tick, overseer_tick_schedule
@@ -18,11 +26,11 @@ def _env_or(name: str, default: str) -> str:
 
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([assets]), fleet_health, fleet_reports],
+    assets=[*dg.load_assets_from_modules([assets]), fleet_health, fleet_reports, approval_receipts, approval_gates],
     asset_checks=[loop_fresh],
-    jobs=[overseer_tick, dispatch_action, overseer_watch],
+    jobs=[overseer_tick, dispatch_action, overseer_watch, approve_action, rollback_action],
     schedules=[overseer_tick_schedule, overseer_watch_schedule],
-    sensors=[autonomous_dispatch],
+    sensors=[autonomous_dispatch, approved_dispatch, due_rollbacks],
     resources={
         # Resource config is shown in the UI: URLs go in as EnvVar (the UI shows the name) or resolve at runtime.
         "store": StoreResource(),  # empty: OVERSEER_DATABASE_URL, read when the engine is made

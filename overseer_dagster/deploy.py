@@ -40,6 +40,48 @@ run_queue:
 """
 
 
+# Dagster's storage on PostgreSQL (dagster-postgres), as in dagster.postgres.yaml at the project root.
+# Connection values come from the environment; a password from libpq's PGPASSWORD or ~/.pgpass, never a file.
+POSTGRES_STORAGE_YAML = """\
+storage:
+  postgres:
+    postgres_db:
+      username: {env: DAGSTER_PG_USERNAME}
+      hostname: {env: DAGSTER_PG_HOST}
+      db_name: {env: DAGSTER_PG_DB}
+      port: {env: DAGSTER_PG_PORT}
+      # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; dagster-postgres brings psycopg2.
+      scheme: postgresql+psycopg2
+"""
+
+
+def postgres_storage_env(url: str) -> dict[str, str]:
+    """The variables POSTGRES_STORAGE_YAML reads, from a `postgresql://user[:password]@host[:port]/db` URL."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not (parsed.username and parsed.host and parsed.database):
+        raise ValueError("Dagster's storage URL must be postgresql://USER@HOST[:PORT]/DATABASE")
+    if parsed.query:
+        raise ValueError("Dagster's storage URL takes no query parameters (dagster.postgres.yaml has none)")
+    env = {"DAGSTER_PG_USERNAME": parsed.username, "DAGSTER_PG_HOST": parsed.host,
+           "DAGSTER_PG_DB": parsed.database, "DAGSTER_PG_PORT": str(parsed.port or 5432)}
+    if parsed.password:
+        env["PGPASSWORD"] = parsed.password
+    return env
+
+
+def _resolve_env(config: object, env: Mapping[str, str], key: str = "") -> object:
+    """`config` with every `{env: NAME}` replaced by env[NAME], as Dagster resolves it in a process with `env`
+    (a `port` is an IntSource: a number)."""
+    if isinstance(config, dict):
+        if set(config) == {"env"}:
+            value = env[config["env"]]
+            return int(value) if key == "port" else value
+        return {k: _resolve_env(v, env, k) for k, v in config.items()}
+    return config
+
+
 class DeployError(RuntimeError):
     """A process did not start or become ready; the message names it and its log file."""
 
@@ -129,7 +171,8 @@ def wait_until(ready: Callable[[], bool], *, service: Service, what: str, timeou
 
 def write_instance(home: Path, *, grpc_port: int, location: str = LOCATION,
                    instance_yaml: str = "") -> Path:
-    """A DAGSTER_HOME with dagster.yaml (SQLite storage under it) and workspace.yaml (the gRPC server)."""
+    """A DAGSTER_HOME with dagster.yaml (storage: SQLite under it, unless `instance_yaml` says otherwise) and
+    workspace.yaml (the gRPC server)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + instance_yaml)
     workspace = home / "workspace.yaml"
@@ -145,13 +188,19 @@ def write_instance(home: Path, *, grpc_port: int, location: str = LOCATION,
 
 @dataclass
 class Deployment:
-    """A code server and the daemon (and, on request, the webserver) over one DAGSTER_HOME under `root`."""
+    """A code server and the daemon (and, on request, the webserver) over one DAGSTER_HOME under `root`.
+
+    Dagster's storage is SQLite under that home, or, given `dagster_database_url`
+    (`postgresql://USER@HOST:PORT/DB`, an existing database), PostgreSQL through POSTGRES_STORAGE_YAML
+    with its variables in the processes' environment.
+    """
 
     root: Path
     env: Mapping[str, str] = field(default_factory=dict)
     module: str = MODULE
     location: str = LOCATION
     instance_yaml: str = INSTANCE_YAML
+    dagster_database_url: str | None = None
     ready_timeout_s: float = 120.0
     services: list[Service] = field(default_factory=list)
 
@@ -159,9 +208,14 @@ class Deployment:
         self.home = self.root / "dagster_home"
         self.logs = self.root / "logs"
         self.grpc_port = free_port()
+        storage_env: dict[str, str] = {}
+        instance_yaml = self.instance_yaml
+        if self.dagster_database_url:
+            storage_env = postgres_storage_env(self.dagster_database_url)
+            instance_yaml += POSTGRES_STORAGE_YAML
         self.workspace = write_instance(self.home, grpc_port=self.grpc_port, location=self.location,
-                                        instance_yaml=self.instance_yaml)
-        self.process_env = {**os.environ, **self.env, "DAGSTER_HOME": str(self.home)}
+                                        instance_yaml=instance_yaml)
+        self.process_env = {**os.environ, **self.env, **storage_env, "DAGSTER_HOME": str(self.home)}
         self.webserver_url: str | None = None
 
     # --- processes ---
@@ -208,11 +262,14 @@ class Deployment:
     # --- instance operations ---
 
     def instance(self):  # noqa: ANN201 - a DagsterInstance (a context manager)
-        """The deployment's instance, as its processes see it."""
+        """The deployment's instance, as its processes see it (their `env:` values, not this process's)."""
         import dagster as dg
+        import yaml
         from dagster._core.instance.ref import InstanceRef
 
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+        config = yaml.safe_load((self.home / "dagster.yaml").read_text()) or {}
+        overrides = {"storage": _resolve_env(config["storage"], self.process_env)} if "storage" in config else None
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home), overrides=overrides))
 
     def start_schedule(self, name: str) -> None:
         """Turn a schedule on, exactly as the UI's toggle does (`dagster schedule start`)."""

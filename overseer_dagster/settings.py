@@ -125,6 +125,29 @@ def warm_model(env: Mapping[str, str] | None = None) -> str | None:
     return env.get("OVERSEER_WARM_MODEL", "").strip() or None
 
 
+def _service_url(env: Mapping[str, str] | None, name: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    env = os.environ if env is None else env
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}={raw!r} must be an http(s) URL")
+    return raw.rstrip("/")
+
+
+def provider_url(env: Mapping[str, str] | None = None) -> str | None:
+    """OVERSEER_PROVIDER_URL: the GPU provider approved `request_scale_out` gates call; unset: none."""
+    return _service_url(env, "OVERSEER_PROVIDER_URL")
+
+
+def wallet_url(env: Mapping[str, str] | None = None) -> str | None:
+    """OVERSEER_WALLET_URL: the wallet approved `wallet_spend` gates call; unset: none (never defaulted)."""
+    return _service_url(env, "OVERSEER_WALLET_URL")
+
+
 def health_thresholds(env: Mapping[str, str] | None = None) -> Thresholds:
     """Health freshness: OVERSEER_HEALTH_FRESH_CADENCES (default 3) tick cadences make a signal stale."""
     env = os.environ if env is None else env

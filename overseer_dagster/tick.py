@@ -6,6 +6,7 @@ least one journal row, written in one transaction with its gates and queued acti
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, update
 
 from overseer_dagster.adapters.mind import Mind
-from overseer_dagster.core.context import DemandSummary, StressStatus, TickContext
+from overseer_dagster.core.context import DemandSummary, StressStatus, TickContext, digest_of
 from overseer_dagster.core.decide import Row, rows_for, tick_row
 from overseer_dagster.core.fleet import FleetSnapshot
 from overseer_dagster.core.health import reason_code
@@ -120,7 +121,19 @@ def run_tick(
         rows, outcome = [tick_row("skipped", "tick_error", type(exc).__name__)], "tick_error"
         _journal(engine, tick_id, now, rows, finish={"outcome": outcome, "finished_at": now}, lease_holder=tick_id)
         raise
-    finish = {"outcome": outcome, "finished_at": now, "context_json": ctx.canonical_json(),
-              "context_digest": ctx.digest(), "raw_proposal": raw}
-    written = _journal(engine, tick_id, now, rows, context_digest=ctx.digest(), finish=finish, lease_holder=tick_id)
+    context_json = ctx.canonical_json()  # once: a 10,000-replica fleet takes ~0.1 s to serialise
+    digest = digest_of(context_json)
+    finish = {"outcome": outcome, "finished_at": now, "context_json": context_json, "context_digest": digest,
+              "raw_proposal": raw, "decision_inputs_json": decision_inputs_json(
+                  mode=mode, autonomous_today=autonomous_today, settings=settings)}
+    written = _journal(engine, tick_id, now, rows, context_digest=digest, finish=finish, lease_holder=tick_id)
     return TickResult(tick_id, outcome, written)
+
+
+def decision_inputs_json(*, mode: str, autonomous_today: int, settings: TickSettings) -> str:
+    """What deciding takes besides the context (`decide_text`'s limits, `rows_for`'s mode and daily bound), as
+    stored with each tick for `overseer replay`: private, like the context, and never shown to a mind."""
+    limits = settings.limits.model_dump(mode="json")
+    limits["payee_refs"] = sorted(limits["payee_refs"])
+    return json.dumps({"mode": mode, "autonomous_today": autonomous_today, "daily_bound": settings.daily_bound,
+                       "limits": limits}, sort_keys=True, separators=(",", ":"))

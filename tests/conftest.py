@@ -1,25 +1,26 @@
 """Shared fixtures: a migrated store on SQLite and (when reachable) on PostgreSQL.
 
 PostgreSQL tests run against OVERSEER_TEST_POSTGRES_URL (CI sets it); each test gets its own
-schema, dropped afterwards. Without the variable they are skipped, and the summary says how to
-enable them.
+schema (or, for Dagster's storage, database: `postgres_fixtures`), dropped afterwards. Without the
+variable they are skipped, and the summary lists them by file and says how to enable them.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from postgres_fixtures import PG_ENV, SKIP_REASON
+
 from overseer_dagster.store import db
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-PG_ENV = "OVERSEER_TEST_POSTGRES_URL"
-_skipped_pg: list[str] = []
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +35,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _postgres_schema_url(request: pytest.FixtureRequest) -> Iterator[str]:
     base = os.environ.get(PG_ENV)
     if not base:
-        _skipped_pg.append(request.node.nodeid)
-        pytest.skip(f"PostgreSQL variant: set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+        pytest.skip(SKIP_REASON)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base.replace("postgresql://", "postgresql+psycopg2://", 1))
     with admin.begin() as conn:
@@ -69,8 +69,18 @@ def engine(store_url: str) -> Engine:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
-    if _skipped_pg:
+    # Every skip whose reason names PG_ENV (SKIP_REASON), whichever fixture or test raised it.
+    skipped = [r.nodeid for r in terminalreporter.stats.get("skipped", []) if PG_ENV in str(r.longrepr)]
+    if skipped:
+        by_file = Counter(nodeid.split("::", 1)[0] for nodeid in skipped)
         terminalreporter.write_sep("-", "PostgreSQL variants skipped")
+        for path, n in sorted(by_file.items()):
+            terminalreporter.write_line(f"  {path}: {n}")
         terminalreporter.write_line(
-            f"{len(_skipped_pg)} PostgreSQL test(s) skipped: set {PG_ENV}=postgresql://USER@HOST:PORT/DB to run them."
+            f"{len(skipped)} PostgreSQL test(s) skipped: set {PG_ENV}=postgresql://USER@HOST:PORT/DB to run them."
         )
+    # The browser tests need a Chromium on the machine; say so rather than skip in silence.
+    browser = [r for r in terminalreporter.stats.get("skipped", []) if "Chromium" in str(r.longrepr)]
+    if browser:
+        terminalreporter.write_sep("-", "browser tests skipped")
+        terminalreporter.write_line(f"{len(browser)} test(s): {browser[0].longrepr[-1]}")

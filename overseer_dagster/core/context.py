@@ -88,4 +88,9 @@ class TickContext(_Model):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return digest_of(self.canonical_json())
+
+
+def digest_of(canonical_json: str) -> str:
+    """The digest of a context's canonical JSON (for callers that already hold it: it is costly at scale)."""
+    return hashlib.sha256(canonical_json.encode()).hexdigest()

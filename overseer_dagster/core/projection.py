@@ -32,7 +32,8 @@ from overseer_dagster.core.health import (
     SignalState,
     is_reason_code,
 )
-from overseer_dagster.core.vocabulary import ActionKind
+from overseer_dagster.core.approval import GATE_STATES, HASH_PREFIX, OPERATOR_NAME_PATTERN, Decision, Refusal
+from overseer_dagster.core.vocabulary import GPU_CLASS_PATTERN, PAYEE_REF_PATTERN, ActionKind
 
 MARKER = "[withheld]"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -142,6 +143,16 @@ ACTION_KIND = one_of(ActionKind)
 ROW_STATE = one_of(("disabled", "skipped", "blocked", "queued", "pending_approval", "no_action", "advisory",
                     "succeeded", "failed", "precondition_failed", "dispatching"))
 AUTHORITY = one_of(("autonomous", "gated"))
+OPERATOR = Matching(re.compile(OPERATOR_NAME_PATTERN))
+HASH_PREFIX_SPEC = Matching(re.compile(rf"[0-9a-f]{{{HASH_PREFIX}}}"))
+GATE = Record({
+    "gate_id": UUID, "kind": ACTION_KIND, "risky_kind": one_of(("provider_call", "fleet_mutation", "wallet_spend")),
+    "state": one_of(GATE_STATES), "created_at": TIMESTAMP, "expires_at": TIMESTAMP, "age_s": NUMBER,
+    "expires_in_s": NUMBER, "action_hash_prefix": HASH_PREFIX_SPEC, "replica_id": REPLICA_ID,
+    "gpu_class": Matching(re.compile(GPU_CLASS_PATTERN)), "count": NUMBER, "max_hourly_usd": NUMBER,
+    "amount_sats": NUMBER, "payee_ref": Matching(re.compile(PAYEE_REF_PATTERN)),
+    "purpose": one_of(("scale_out_deposit", "provider_invoice")),
+})
 
 
 # --- projecting ------------------------------------------------------------------------------------
@@ -161,6 +172,14 @@ class Projection:
 @dataclass
 class _Walk:
     withheld: list[str] = field(default_factory=list)
+    # The scrubber's verdict per distinct string: a report repeats the same keys and codes for every replica.
+    _flagged: dict[str, bool] = field(default_factory=dict)
+
+    def flagged(self, text: str) -> bool:
+        verdict = self._flagged.get(text)
+        if verdict is None:
+            verdict = self._flagged[text] = bool(redact.findings(text))
+        return verdict
 
     def scalar(self, spec: Spec, value: Any, path: str) -> Any:  # noqa: ANN401
         if value is None:
@@ -170,7 +189,7 @@ class _Walk:
         except _Rejected:
             self.withheld.append(path)
             return MARKER
-        if isinstance(out, str) and redact.findings(out):
+        if isinstance(out, str) and self.flagged(out):
             self.withheld.append(path)
             return MARKER
         return out
@@ -184,7 +203,7 @@ class _Walk:
                 sub = spec.fields.get(key) if isinstance(key, str) else None
                 if sub is None and spec.extra and isinstance(key, str) and spec.extra[0].fullmatch(key):
                     sub = spec.extra[1]
-                if sub is None or redact.findings(key):
+                if sub is None or self.flagged(key):
                     self.withheld.append(f"{path}.<unlisted>")
                     continue
                 out[key] = self.walk(sub, item, f"{path}.{key}")
@@ -253,11 +272,21 @@ SURFACES: dict[str, Record] = {
         "tick_id": UUID, "action_id": UUID, "outcome": CODE, "reason": CODE, "kind": ACTION_KIND,
         "states": MapOf(ROW_STATE, NUMBER), "status": one_of(("healthy", "unverified")),
         "not_fresh": ListOf(one_of(SignalKind)), "count": NUMBER,
+        "gate_id": UUID, "operator": OPERATOR, "decision": one_of(Decision),
     }),
     # The `dispatch_action` op's output metadata.
     "dispatch": Record({"action_id": UUID, "kind": ACTION_KIND, "outcome": CODE, "reason": CODE, "recorded": FLAG}),
-    # Run tags our code sets (dispatch runs).
-    "run_tags": Record({"overseer/tick_id": UUID, "overseer/action_id": UUID, "overseer/kind": ACTION_KIND}),
+    # Run tags our code sets (dispatch and rollback runs).
+    "run_tags": Record({"overseer/tick_id": UUID, "overseer/action_id": UUID, "overseer/kind": ACTION_KIND,
+                        "overseer/gate_id": UUID}),
+    # `approval_receipts` materializations (one per recorded decision) and the approval ops' output.
+    "approval_receipts": Record({
+        "gate_id": UUID, "kind": ACTION_KIND, "risky_kind": GATE.fields["risky_kind"], "operator": OPERATOR,
+        "decision": one_of(Decision), "receipt_id_prefix": HASH_PREFIX_SPEC, "action_hash_prefix": HASH_PREFIX_SPEC,
+        "outcome": CODE, "reason": one_of(Refusal),
+    }),
+    # `approval_gates` materializations and `overseer gates`: the open gates.
+    "approval_gates": Record({"open_gates": NUMBER, "pending": NUMBER, "approved": NUMBER, "gates": ListOf(GATE)}),
     # `overseer tick --once` (and its --json).
     "tick_rows": Record({"success": FLAG, "rows": ListOf(TICK_ROW)}),
 }
@@ -333,10 +362,17 @@ def _document(snapshot: HealthSnapshot) -> dict[str, Any]:
              "reasons": list(s.reasons)}
             for s in snapshot.signals
         ],
-        "replicas": [r.model_dump(mode="python") for r in snapshot.replicas] if show_replicas else [],
+        "replicas": _replica_list(snapshot) if show_replicas else [],
         "replicas_shown": show_replicas,
         "blockers": list(snapshot.blockers),
     }
+
+
+def _replica_list(snapshot: HealthSnapshot) -> Any:  # noqa: ANN401
+    # A list longer than the surface allows is withheld unread: no need to dump thousands of replicas for that.
+    if len(snapshot.replicas) > SURFACES["report"].fields["replicas"].max_items:
+        return snapshot.replicas
+    return [r.model_dump(mode="python") for r in snapshot.replicas]
 
 
 def report_document(snapshot: HealthSnapshot) -> tuple[HealthSnapshot, dict[str, Any]]:
@@ -385,9 +421,13 @@ def _markdown(doc: Mapping[str, Any]) -> str:
     for s in doc.get("signals", []):
         out.append(f"| {s.get('kind')} | {s.get('state')} | {s.get('observed_at') or '-'} | "
                    f"{', '.join(s.get('reasons', [])) or '-'} |")
-    if doc.get("replicas_shown"):
+    replicas = doc.get("replicas")
+    if doc.get("replicas_shown") and not isinstance(replicas, list):
+        # The projection withheld the whole list (e.g. more replicas than the surface allows): a marker, not rows.
+        out += ["", "Replica list withheld: it did not pass the public-safety projection."]
+    elif doc.get("replicas_shown"):
         out += ["", "## Replicas", "", "| replica | health | routing | ready | note |", "| --- | --- | --- | --- | --- |"]
-        for r in doc.get("replicas", []):
+        for r in replicas:
             out.append(f"| {r.get('replica_id')} | {r.get('health')} | {r.get('routing_state')} | "
                        f"{'yes' if r.get('ready') else 'no'} | {r.get('unknown_reason') or '-'} |")
     else:

@@ -260,11 +260,13 @@ def _validate_envelope(obj: object) -> Envelope:
 
 
 _KINDS = frozenset(ActionKind)
-_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+# Lowercase words only, as every field of the vocabulary (and every authority claim worth naming) is:
+# a key with digits or capitals may be a token the mind smuggles into the public journal detail.
+_SAFE_KEY = re.compile(r"[a-z_][a-z_]{0,31}")
 
 
 def _key_name(key: str) -> str:
-    """A key from the input, shown only when it is a short identifier (never raw text)."""
+    """A key from the input, shown only when it is a short lowercase word (never raw text or a token)."""
     if _SAFE_KEY.fullmatch(key) and redact.is_public_safe(key):
         return key
     return "<key not shown>"

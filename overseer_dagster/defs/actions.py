@@ -4,9 +4,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from overseer_dagster import dispatch, settings
+from overseer_dagster import dispatch, gated, settings
 from overseer_dagster.defs import public
 from overseer_dagster.defs.resources import ActuatorsResource, FleetResource, StoreResource
+from overseer_dagster.receipts import load_registry
 
 # The reports `emit_report` actions write; each dispatch that stores one records a materialization.
 fleet_reports = dg.AssetSpec(
@@ -34,17 +35,24 @@ def execute_action(
 ):
     engine = store.engine()
     cadence_s = settings.TickSettings.from_env().cadence_s
-    result = dispatch.dispatch_action(
-        engine,
-        config.action_id,
-        run_id=context.run_id,
-        clock=_now,
-        enabled=settings.enabled(),
-        mode=settings.mode(),
-        cadence_s=cadence_s,
-        fleet=fleet,
-        actuators=actuators.build(engine, cadence_s=cadence_s),
-    )
+    if gated.is_gated(engine, config.action_id):  # only through its gate's effective approval (gated.py)
+        result = gated.dispatch_gated(
+            engine, config.action_id, run_id=context.run_id, clock=_now, enabled=settings.enabled(),
+            mode=settings.mode(), fleet=fleet, registry=load_registry(),
+            actuators=gated.actuators_from_settings(actuators.build(engine, cadence_s=cadence_s).router),
+        )
+    else:
+        result = dispatch.dispatch_action(
+            engine,
+            config.action_id,
+            run_id=context.run_id,
+            clock=_now,
+            enabled=settings.enabled(),
+            mode=settings.mode(),
+            cadence_s=cadence_s,
+            fleet=fleet,
+            actuators=actuators.build(engine, cadence_s=cadence_s),
+        )
     # Typed fields only (core.projection): the free-text detail stays in the journal.
     public.log(context, "info", "{kind} {action_id}: {outcome} {reason}", kind=result.kind,
                action_id=result.action_id, outcome=result.outcome, reason=result.reason)

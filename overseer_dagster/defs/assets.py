@@ -88,7 +88,9 @@ def fleet_throughput(external_demand: DemandSummary, store: StoreResource) -> dg
         **{f"goodput_tokens_per_s_{k}": v for k, v in goodput.items()},
         "goodput_tokens_per_s_all": round(sum(goodput.values()), 2),
     })
-    return dg.Output({**rates, **{f"goodput_{k}": v for k, v in goodput.items()}}, metadata=metadata)
+    # Goodput unrounded in the value: `fleet_health` sums it into the health figure.
+    exact = {f"goodput_{k.value}": good.get(k.value, 0.0) for k in DemandKind}
+    return dg.Output({**rates, **exact}, metadata=metadata)
 
 
 def _stress_status(store: StoreResource, now: datetime) -> StressStatus:

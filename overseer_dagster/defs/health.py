@@ -15,8 +15,9 @@ import dagster as dg
 from overseer_dagster import settings
 from overseer_dagster.core import health, projection
 from overseer_dagster.core.context import DemandSummary
+from overseer_dagster.core.demand import USER_DEMAND
 from overseer_dagster.defs import public
-from overseer_dagster.defs.assets import TICK_GROUP, FleetReading, fleet_throughput, overseer_decision
+from overseer_dagster.defs.assets import TICK_GROUP, FleetReading, overseer_decision
 from overseer_dagster.defs.resources import StoreResource
 from overseer_dagster.store import health as store_health
 from overseer_dagster.store import targets
@@ -30,7 +31,7 @@ def _now() -> datetime:
 
 @dg.asset(
     group_name=TICK_GROUP,
-    deps=[overseer_decision, fleet_throughput],
+    deps=[overseer_decision],
     check_specs=[dg.AssetCheckSpec(
         OVERCLAIM_CHECK, asset="fleet_health",
         description="Warns while any health signal is not fresh: the report then states no figure resting on it.",
@@ -41,10 +42,13 @@ def fleet_health(
     context: dg.AssetExecutionContext,
     fleet_state: FleetReading,
     external_demand: DemandSummary,
+    fleet_throughput: dict[str, float],
     store: StoreResource,
 ) -> dg.MaterializeResult:
     now = _now()
     thresholds = settings.health_thresholds()
+    # User goodput as `fleet_throughput` read it, over the same window: not a second scan of the ledger.
+    goodput = sum(fleet_throughput.get(f"goodput_{k.value}", 0.0) for k in USER_DEMAND)
     engine = store.engine()
     snapshot = health.build(
         health.HealthInputs(
@@ -53,7 +57,7 @@ def fleet_health(
             demand=external_demand,
             stress=targets.status(engine, now),
             store=store_health.readings(engine, now, thresholds, demand_until=external_demand.observed_at,
-                                        demand_window_s=external_demand.window_s),
+                                        demand_window_s=external_demand.window_s, goodput_tokens_per_s=goodput),
         ),
         now=now,
         thresholds=thresholds,

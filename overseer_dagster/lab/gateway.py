@@ -146,6 +146,24 @@ class Gateway:
             await self._session.close()
             self._session = None
 
+    async def add_upstream(self, replica_id: str, url: str) -> Upstream:
+        """A replica joins (the lab provider's scale-out): learn its capacity and health, then probe it."""
+        up = Upstream(replica_id, url, self.config.breaker)
+        self.upstreams[replica_id] = up
+        await self._poll(up)
+        await self._probe_once(up)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._probe_loop(up), name=f"probe:{replica_id}"))
+        self._dispatch()
+        return up
+
+    async def remove_upstream(self, replica_id: str) -> None:
+        """A replica leaves (released): out of routing and the routing state at once; its probes stop."""
+        self.upstreams.pop(replica_id, None)
+        for task in [t for t in self._tasks if t.get_name() == f"probe:{replica_id}"]:
+            self._tasks.remove(task)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     # -- routing state --------------------------------------------------------------------------------------
 
     def set_routing(self, replica_id: str, state: RoutingState) -> Upstream:

@@ -24,9 +24,11 @@ from overseer_dagster.lab.engine import EngineConfig
 from overseer_dagster.lab.faults import FAULT_ADAPTER, Fault
 from overseer_dagster.lab.gateway import Gateway, GatewayConfig
 from overseer_dagster.lab.ledger import LedgerBuffer, Sink
+from overseer_dagster.lab.provider import LabProvider
 from overseer_dagster.lab.replica import DEFAULT_MODEL, Replica, ReplicaConfig
 from overseer_dagster.lab.serving import LOOPBACK, json_response
 from overseer_dagster.lab.upstream import BreakerConfig
+from overseer_dagster.lab.wallet import LabWallet
 from overseer_dagster.lab.wire import vllm_error
 
 T = TypeVar("T")
@@ -66,6 +68,9 @@ class Lab:
         self.replicas: dict[str, Replica] = {}
         self.gateway: Gateway | None = None
         self.ledger = LedgerBuffer(ledger_sink, flush_interval_s=self.config.ledger_flush_s)
+        # The provider and wallet contracts (docs/contracts.md), served on the gateway's port.
+        self.provider = LabProvider(self)
+        self.wallet = LabWallet()
 
     @property
     def gateway_url(self) -> str:
@@ -96,6 +101,7 @@ class Lab:
             raise
 
     async def stop(self) -> None:
+        await self.provider.stop()
         if self.gateway is not None:
             await self.gateway.stop()
         await asyncio.gather(*(r.stop() for r in self.replicas.values()), return_exceptions=True)
@@ -116,6 +122,8 @@ class Lab:
     # -- lab control on the gateway's port ------------------------------------------------------------------
 
     def _control_routes(self, app: web.Application) -> None:
+        self.provider.routes(app)
+        self.wallet.routes(app)
         app.router.add_post("/lab/replicas/{replica_id}/faults", self._post_fault)
         app.router.add_get("/lab/replicas/{replica_id}/state", self._get_state)
 

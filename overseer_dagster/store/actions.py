@@ -64,9 +64,11 @@ def finish(conn: Connection, action_id: str, *, status: str, reason: str | None,
     )
 
 
-def expired_leases(engine: Engine, now: datetime) -> list[dict]:
+def expired_leases(engine: Engine, now: datetime, *, authority: str = "autonomous") -> list[dict]:
+    """Claims of `authority` actions whose lease expired (gated claims are settled by `gated.sweep`)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(actions).where(actions.c.status == "dispatching", actions.c.lease_until < now)
+            select(actions).where(actions.c.status == "dispatching", actions.c.lease_until < now,
+                                  actions.c.authority == authority)
         ).mappings().all()
     return [dict(r) for r in rows]

@@ -35,10 +35,15 @@ def open_gate(conn: Connection, request: GateRequest, *, action_id: str, action_
     return gate_id, True
 
 
-def expire_due(conn: Connection, now: datetime) -> int:
-    return conn.execute(
-        update(gates).where(gates.c.state == "pending", gates.c.expires_at <= now).values(state="expired")
-    ).rowcount
+def expire_due(conn: Connection, now: datetime) -> list[dict]:
+    """pending -> expired for every gate past its expiry; the gates this call expired."""
+    due = conn.execute(select(gates).where(gates.c.state == "pending", gates.c.expires_at <= now)).mappings().all()
+    expired = []
+    for gate in due:
+        if conn.execute(update(gates).where(gates.c.gate_id == gate["gate_id"], gates.c.state == "pending")
+                        .values(state="expired")).rowcount:
+            expired.append({**gate, "state": "expired"})
+    return expired
 
 
 def open_gates(engine: Engine) -> list[dict]:

@@ -94,14 +94,17 @@ def gate_reading(engine: Engine, now: datetime, window_s: float) -> health.GateR
 
 
 def readings(engine: Engine, now: datetime, thresholds: health.Thresholds, *,
-             demand_until: datetime | None = None, demand_window_s: float | None = None) -> health.StoreReadings:
-    """Everything the store knows for one snapshot; goodput over the demand reading's window."""
+             demand_until: datetime | None = None, demand_window_s: float | None = None,
+             goodput_tokens_per_s: float | None = None) -> health.StoreReadings:
+    """Everything the store knows for one snapshot; goodput over the demand reading's window (read here unless
+    the caller already holds it: on a large ledger it is the costliest read)."""
+    if goodput_tokens_per_s is None and demand_until is not None and demand_window_s is not None:
+        goodput_tokens_per_s = _user_goodput(engine, demand_until, demand_window_s, thresholds.itl_slo_s)
     return health.StoreReadings(
         loop=loop_reading(engine),
         dispatch=dispatch_reading(engine, now, thresholds.window_s),
         gates=gate_reading(engine, now, thresholds.window_s),
-        goodput_tokens_per_s=None if demand_until is None or demand_window_s is None else
-        _user_goodput(engine, demand_until, demand_window_s, thresholds.itl_slo_s),
+        goodput_tokens_per_s=goodput_tokens_per_s,
     )
 
 

@@ -120,6 +120,8 @@ ticks = Table(
     Column("context_json", Text, nullable=True),  # private
     Column("context_digest", String(64), nullable=True),
     Column("raw_proposal", Text, nullable=True),  # private
+    # What the decision took besides the context (mode, daily bound and count, limits): replay re-runs both.
+    Column("decision_inputs_json", Text, nullable=True),  # private
 )
 
 # Mutual exclusion of deciding ticks (scheduled and manual): a named lease with an expiry.
@@ -161,6 +163,60 @@ gates = Table(
     ),
 )
 
+# Signed operator decisions on gates (core.approval): the receipt of each approval, rejection and
+# rollback go-ahead. An approval is consumed once, by the dispatch that claims its action.
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("receipt_id", String(64), primary_key=True),  # SHA-256 of the signed approval
+    Column("gate_id", String(36), nullable=False, index=True),
+    Column("action_hash", String(64), nullable=False),  # as signed
+    Column("operator", String(64), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("issued_at", String(40), nullable=False),  # exactly as signed (RFC 3339)
+    Column("signature", String(128), nullable=False),  # base64 of the 64-byte Ed25519 signature
+    Column("note", Text, nullable=True),  # scrubbed
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("run_id", String(64), nullable=True),
+    Column("consumed_at", UTCDateTime, nullable=True),
+    Column("consumed_by_action", String(36), nullable=True, unique=True),
+    CheckConstraint("decision IN ('approve', 'reject', 'rollback')", name="decision"),
+    CheckConstraint("(consumed_at IS NULL) = (consumed_by_action IS NULL)", name="consumed_together"),
+    # A gate is decided once (the gate's own compare-and-set says so too).
+    Index(
+        "uq_receipts_one_decision_per_gate",
+        "gate_id",
+        unique=True,
+        sqlite_where=text("decision IN ('approve', 'reject')"),
+        postgresql_where=text("decision IN ('approve', 'reject')"),
+    ),
+)
+
+# The undo of an executed gate: `scale_in` (automatic when due: it reduces spend) or
+# `readmit_replica` (launched by an operator's signed rollback). One per gate.
+rollbacks = Table(
+    "rollbacks",
+    metadata,
+    Column("rollback_id", String(36), primary_key=True),
+    Column("gate_id", String(36), nullable=False, unique=True),
+    Column("action_id", String(36), nullable=False),
+    Column("plan", String(32), nullable=False),
+    Column("plan_json", Text, nullable=False),  # private: what to undo (allocation id, replica id)
+    Column("launch", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("run_id", String(64), nullable=True),
+    Column("receipt_id", String(64), nullable=True),
+    Column("outcome_reason", String(64), nullable=True),
+    CheckConstraint("plan IN ('scale_in', 'readmit_replica')", name="plan"),
+    CheckConstraint("launch IN ('automatic', 'operator')", name="launch"),
+    CheckConstraint("state IN ('pending', 'running', 'done')", name="state"),
+)
+
 # What the stress harness should run: pool-wide (replica_id NULL) or per replica, until expires_at.
 stress_targets = Table(
     "stress_targets",
@@ -198,6 +254,9 @@ ledger = Table(
     CheckConstraint("outcome IN ('ok', 'failed', 'preempted')", name="outcome"),
     CheckConstraint("prompt_tokens >= 0 AND completion_tokens >= 0", name="tokens_nonnegative"),
     Index("ix_ledger_ts_kind", "ts", "demand_kind"),
+    # The window aggregations (store.ledger) read only this index: one range per kind, already grouped.
+    Index("ix_ledger_kind_ts_usage", "demand_kind", "ts", "outcome", "prompt_tokens", "completion_tokens",
+          "ttft_s", "itl_s"),
 )
 
 # Public-safe reports the overseer emits (`emit_report`): one per action, summary already scrubbed.

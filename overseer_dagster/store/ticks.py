@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
@@ -65,3 +66,17 @@ def contexts_since(engine: Engine, since: datetime) -> list[dict]:
             .order_by(ticks.c.started_at)
         ).mappings().all()
     return [dict(r) for r in rows]
+
+
+def iter_contexts_since(engine: Engine, since: datetime) -> Iterator[dict]:
+    """`contexts_since`, one tick at a time: a large fleet's context is megabytes, and a day holds 1,440 ticks."""
+    with engine.connect() as conn:
+        ids = conn.execute(
+            select(ticks.c.tick_id).where(ticks.c.started_at >= since, ticks.c.context_json.is_not(None))
+            .order_by(ticks.c.started_at)
+        ).scalars().all()
+    for tick_id in ids:
+        with engine.connect() as conn:
+            row = conn.execute(select(ticks).where(ticks.c.tick_id == tick_id)).mappings().first()
+        if row is not None:
+            yield dict(row)

@@ -10,12 +10,15 @@ Per replica:
               = min(ceiling, prev + step) when it rises           (at most `step` per `ramp_interval_s`,
                                                                    and only while external < `grow_below`
                                                                    x (max_inflight - reserve))
+              = min(ceiling, prev // 2)   when external is at or above that mark and rose since the last
+                                          reading
 
 `external` counts external requests running on the replica *and* those queued for it (a queued external
 request needs a slot too). `reserve` (>= 1) slots stay free for external arrivals between two readings.
-Stress does not grow where external demand holds half the usable slots or more: there a dip is usually the
-gap between one external request and the next, and a stress request started in it would be cancelled again
-and could make the next external request wait.
+Where external demand holds half the usable slots or more, stress does not grow (a dip there is usually the
+gap between one external request and the next; a stress request started in it would be cancelled again and
+could make the next external request wait), and each rise of external demand halves it: the rise is the part
+of a surge the source can see, and more may be queued where it cannot.
 When the allowance falls below what the harness holds in flight there, the excess is cancelled at once,
 newest first (the least work lost), and counted as preempted.
 """
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 STALE_AFTER_S = 1.0
 # Stress grows on a replica only while external demand there holds less than this share of its usable slots.
 GROW_BELOW = 0.5
+# Additive increase: slots per replica per ramp interval.
+RAMP_STEP = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +57,9 @@ def ceiling(load: ReplicaLoad | None, target: int, *, reserve: int, now: float,
 
 
 class Allowances:
-    """Per-replica allowances: they fall at once and climb back by `step` per `ramp_interval_s`."""
+    """Per-replica allowances: they fall at once and climb back by `step` slots per `ramp_interval_s`."""
 
-    def __init__(self, *, reserve: int = 1, stale_after_s: float = STALE_AFTER_S, step: int = 1,
+    def __init__(self, *, reserve: int = 1, stale_after_s: float = STALE_AFTER_S, step: int = RAMP_STEP,
                  ramp_interval_s: float = 0.25, grow_below: float = GROW_BELOW) -> None:
         if reserve < 1:
             raise ValueError("reserve must keep at least one slot free for external arrivals")
@@ -67,6 +72,8 @@ class Allowances:
         self.grow_below = grow_below
         self._current: dict[str, int] = {}
         self._raised_at: dict[str, float] = {}
+        # The last reading seen per replica: (observed_at, external).
+        self._seen: dict[str, tuple[float, int]] = {}
 
     def current(self, replica_id: str) -> int:
         return self._current.get(replica_id, 0)
@@ -81,8 +88,16 @@ class Allowances:
                           stale_after_s=self.stale_after_s)
             prev = self._current.get(rid, 0)
             load = loads.get(rid)
-            busy = load is not None and load.external_inflight >= self.grow_below * (load.max_inflight - self.reserve)
-            if cap <= prev or busy:
+            busy = rising = False
+            if load is not None:
+                busy = load.external_inflight >= self.grow_below * (load.max_inflight - self.reserve)
+                seen = self._seen.get(rid)
+                if seen is None or seen[0] != load.observed_at:
+                    rising = seen is not None and load.external_inflight > seen[1]
+                    self._seen[rid] = (load.observed_at, load.external_inflight)
+            if busy and rising:
+                new = min(cap, prev // 2)
+            elif cap <= prev or busy:
                 new = min(cap, prev)
             elif now - self._raised_at.get(rid, float("-inf")) >= self.ramp_interval_s:
                 new = min(cap, prev + self.step)
@@ -93,6 +108,7 @@ class Allowances:
         for rid in set(self._current) - ids:
             del self._current[rid]
             self._raised_at.pop(rid, None)
+            self._seen.pop(rid, None)
         return out
 
 

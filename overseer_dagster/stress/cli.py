@@ -124,7 +124,8 @@ async def _report(harness: Any, stop: asyncio.Event, every_s: float) -> None:
     while not stop.is_set():
         await asyncio.sleep(every_s)
         s = harness.stats()
-        log.info("stress: in flight %d (allowance %d, target %d); ok %d, preempted %d, refused %d, errors %d; "
+        log.info("stress: in flight %d (allowance %d, target %d); ok %d, preempted %d, refused %d, errors %d %s; "
                  "backing off %s; dead-man %s", sum(s["inflight"].values()), sum(s["allowance"].values()),
                  sum(s["target"].values()), s["ok"], s["preempted"], s["refused"], s["errors"],
-                 ",".join(s["backing_off"]) or "none", "fired" if s["dead_man"] else "ok")
+                 json.dumps(s["errors_by_replica"], sort_keys=True), ",".join(s["backing_off"]) or "none",
+                 "fired" if s["dead_man"] else "ok")

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from overseer_dagster.core.demand import DemandKind, Outcome, UsageRecord
-from overseer_dagster.stress.allowance import STALE_AFTER_S, Allowances, ReplicaLoad, ceiling, to_cancel, to_launch
+from overseer_dagster.stress.allowance import STALE_AFTER_S, Allowances, ReplicaLoad, to_cancel, to_launch
 from overseer_dagster.stress.backoff import ReplicaBackoff
 from overseer_dagster.stress.control import TargetFollower, TargetRead
 from overseer_dagster.stress.ledger import LedgerBatcher, Sink
@@ -44,6 +44,10 @@ _SSE_FIELDS = ("event:", "id:", "retry:", ":")
 # load source may not show, and those only appear as external in flight a round trip or two later.
 FOLLOW_UP_S = 0.02
 FOLLOW_UPS = 3
+# A pass later than this after the previous one breaks the promise to yield within a second: no stress for
+# QUIET_S (the process is starved, or was suspended).
+LATE_AFTER_S = 1.0
+QUIET_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class StressHarness:
         self._wake = asyncio.Event()
         self._read_soon = asyncio.Event()
         self._follow_ups = 0
+        self._last_pass: float | None = None
+        self._quiet_until = float("-inf")
         self._transport = transport
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -136,12 +142,21 @@ class StressHarness:
     def step(self) -> None:
         """One fast-loop pass: allowances from the latest load and targets; cancel the excess; start up to it."""
         now = self.clock()
+        if self._last_pass is not None and now - self._last_pass > LATE_AFTER_S:
+            # This process was starved: it cannot promise to yield in time, so it holds nothing for a while.
+            if now >= self._quiet_until:
+                log.warning("stress: the fast loop ran %.1f s late; no stress for %.0f s", now - self._last_pass,
+                            QUIET_S)
+            self._quiet_until = now + QUIET_S
+        self._last_pass = now
         self.targets = self.follower.targets(self.wall(), self.replicas)
+        if now < self._quiet_until:
+            self.targets = dict.fromkeys(self.replicas, 0)
         self.allowed = self.allowances.update(now, self.loads, self.targets, self.replicas)
         for rid, allowance in self.allowed.items():
             flights = self.inflight[rid]
             if len(flights) > allowance:
-                reason = self._why_lower(rid, now)
+                reason = self._why_lower(rid, now, allowance)
                 for fid in to_cancel({fid: f.started_at for fid, f in flights.items()}, allowance):
                     self._preempt(flights.pop(fid), reason)
                 if reason == "yield_external":
@@ -154,14 +169,15 @@ class StressHarness:
             for _ in range(to_launch(allowance, len(flights), cap)):
                 self._launch(rid, now)
 
-    def _why_lower(self, rid: str, now: float) -> str:
+    def _why_lower(self, rid: str, now: float, allowance: int) -> str:
+        if now < self._quiet_until:
+            return "harness_late"
         load = self.loads.get(rid)
         if load is None or now - load.observed_at > self.config.stale_after_s:
             return "stale_load"
         if not load.ready:
             return "not_ready"
-        slack = ceiling(load, 1 << 30, reserve=self.config.reserve, now=now, stale_after_s=self.config.stale_after_s)
-        return "yield_external" if slack < self.targets.get(rid, 0) else "target_lowered"
+        return "target_lowered" if allowance >= self.targets.get(rid, 0) else "yield_external"
 
     def _preempt(self, flight: Flight, reason: str) -> None:
         flight.preempt_reason = reason
