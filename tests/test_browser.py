@@ -49,7 +49,8 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(webserver: str) -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is in the dev extra: pip install -e '.[dev]'")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,6 @@ class System:
     deployment: Deployment
     services: list[Service]
     operator_key: Any = None  # an Ed25519 private key registered as OPERATOR, when the gates code is there
-    launched_ticks: list[str] = field(default_factory=list)
     last_launch: float = 0.0
 
     # --- the lab, over HTTP ---
@@ -79,15 +78,17 @@ class System:
             return
         if self.api.runs("overseer_tick", statuses=IN_PROGRESS, limit=5):
             return
-        self.launched_ticks.append(self.api.launch_run("overseer_tick", tags={"overseer/launched_by": "e2e"}))
+        self.api.launch_run("overseer_tick", tags={"overseer/launched_by": "e2e"})
         self.last_launch = time.monotonic()
 
-    def drive(self, condition: Callable[[], Any], timeout_s: float, what: str) -> Any:  # noqa: ANN401
-        """Keep the loop ticking until `condition()` is truthy; its value."""
+    def drive(self, condition: Callable[[], Any], timeout_s: float, what: str, *,  # noqa: ANN401
+              tick: bool = True) -> Any:
+        """Keep the loop ticking (unless `tick` is false) until `condition()` is truthy; its value."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check_alive()
-            self.tick_if_due()
+            if tick:
+                self.tick_if_due()
             value = condition()
             if value:
                 return value
@@ -306,13 +307,14 @@ def test_a_gated_action_waits_for_a_signed_approval_then_executes_once(system: S
     signed = _signed_approval(system, gate)
     approve = api.launch_run("approve_action", {"ops": {op: {"config": {k: signed[k] for k in names if k in signed}}}},
                              tags={"overseer/gate_id": gate["gate_id"]})
-    system.drive(lambda: api.run_status(approve) not in IN_PROGRESS, 150, "approve_action finished")
+    # From here no tick is needed: the approved_dispatch sensor acts on the approval by itself.
+    system.drive(lambda: api.run_status(approve) not in IN_PROGRESS, 150, "approve_action finished", tick=False)
     assert api.run_status(approve) == "SUCCESS", system.diagnostics()
 
     def quarantined() -> bool:
         return system.fleet()[FLAPPING]["routing_state"] == "quarantined"
 
-    system.drive(quarantined, 150, f"{FLAPPING} quarantined after the approval")
+    system.drive(quarantined, 150, f"{FLAPPING} quarantined after the approval", tick=False)
     time.sleep(2 * CADENCE_S)  # a sensor that would act twice has had its chance
     # Once: one succeeded outcome and one dispatch run for the gate; every other proposal that pointed
     # at the same gate is settled without acting.
