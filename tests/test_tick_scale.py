@@ -80,3 +80,13 @@ def test_the_bench_store_holds_its_rows_inside_the_window(tmp_path) -> None:  # 
         engine.dispose()
     assert sum(r["requests"] for r in by_kind) == 2000
     assert json.dumps(bench_tick.fleet_snapshot(3, now))  # the snapshot is plain JSON
+
+
+def test_the_benchmark_runs_a_real_tick_and_its_floor_in_fresh_processes() -> None:
+    result = bench_tick.run("5", "100", repeats=1)
+    [cell] = result["cells"]
+    assert cell["outcome"] == "decided"  # the real tick decided on the snapshot file's fleet
+    assert cell["tick_s"] > 0 and cell["floor_tick_s"] > 0 and cell["peak_rss_mib"] > cell["floor_peak_rss_mib"] / 2
+    assert set(cell["steps_s"]) == {"fleet_state", "external_demand", "fleet_throughput", "overseer_decision",
+                                    "fleet_health", "overseer_decision_loop_fresh"}
+    assert "replicas" in bench_tick.render(result)
