@@ -161,6 +161,12 @@ def dispatch_gated(
     if problem is None and gate is not None and gate["action_id"] != action_id:
         problem = "the gate's approval is for another action row"
     if problem is not None:
+        # A concurrent run may have claimed the action (and used the receipt) since the first read: that
+        # run owns it, and this one merely lost the race.
+        now_row = actions.get(engine, action_id)
+        if now_row is not None and now_row["status"] != "gated":
+            return Dispatched(action_id, NOT_QUEUED, detail=f"the action is {now_row['status']}, not gated: "
+                              "nothing to do", kind=kind)
         return Dispatched(action_id, NOT_EFFECTIVE, "not_effective", problem, kind=kind)
     assert gate is not None and receipt is not None
     action = _gate_action(gate, row)
