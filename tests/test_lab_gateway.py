@@ -127,6 +127,25 @@ def test_queue_timeout_is_a_typed_503() -> None:
     assert [r.failure_reason for r in failed] == ["queue_timeout"]
 
 
+def test_requests_queued_at_the_gateway_show_in_the_replicas_queue_depth() -> None:
+    """The stress harness frees slots per replica from /fleet/state: a request waiting in the gateway's own
+    FIFO must show there at once, spread (rounded up) over the replicas that could serve it."""
+
+    async def go() -> None:
+        async with lab(2, 1) as (_, c):
+            busy = [asyncio.create_task(chat(c, max_tokens=300, ignore_eos=True)) for _ in range(2)]
+            await wait_until(lambda: False not in [t.done() is False for t in busy], 1.0)
+            await asyncio.sleep(0.2)
+            assert [r.queue_depth for r in (await state(c)).replicas] == [0, 0]
+            queued = [asyncio.create_task(chat(c)) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            assert [r.queue_depth for r in (await state(c)).replicas] == [2, 2]  # ceil(3 / 2) each
+            assert all(r.status_code == 200 for r in await asyncio.gather(*busy, *queued))
+            assert [r.queue_depth for r in (await state(c)).replicas] == [0, 0]
+
+    run(go())
+
+
 def test_queue_full_is_a_typed_503() -> None:
     async def go() -> None:
         async with lab(1, 1, gateway={"max_queue_len": 1}) as (_, c):
@@ -186,10 +205,20 @@ def test_singleflight_429_is_retried_not_failed() -> None:
         async with lab(2, 1, singleflight=True) as (the_lab, c):
             # Stress fills both replicas directly; the gateway learns it only from polls and replicas' 429s.
             clients = [httpx.AsyncClient(base_url=u, timeout=15) for u in the_lab.replica_urls.values()]
-            stress = [asyncio.create_task(cl.post("/v1/chat/completions", headers={"X-Demand-Kind": "internal_stress"},
-                                                  json={"messages": MSG, "max_tokens": 60, "ignore_eos": True}))
-                      for cl in clients]
-            await asyncio.sleep(0.02)
+
+            async def stress_one(cl: httpx.AsyncClient) -> httpx.Response:
+                while True:  # the gateway's own one-token health probe may hold the single slot a moment
+                    resp = await cl.post("/v1/chat/completions", headers={"X-Demand-Kind": "internal_stress"},
+                                         json={"messages": MSG, "max_tokens": 60, "ignore_eos": True})
+                    if resp.status_code != 429:
+                        return resp
+                    await asyncio.sleep(0.01)
+
+            stress = [asyncio.create_task(stress_one(cl)) for cl in clients]
+            deadline = time.monotonic() + 5
+            while sum(r.stress_inflight for r in (await state(c)).replicas) < 2:  # both slots taken by stress
+                assert time.monotonic() < deadline, "stress never reached both replicas"
+                await asyncio.sleep(0.01)
             results = await asyncio.gather(*(chat(c) for _ in range(6)))
             assert [r.status_code for r in results] == [200] * 6
             assert [r.status_code for r in await asyncio.gather(*stress)] == [200, 200]

@@ -10,7 +10,8 @@
   draining until `admit` (unless `auto_readmit`). The first success after start is enough for a new replica.
 - Live in-flight: its own routing plus each replica's `GET /lab/state`, polled every `state_poll_interval_s` and on
   every `GET /fleet/state` (stress traffic goes straight to replicas).
-- `GET /fleet/state`: `FleetSnapshot` JSON, never a replica address. Admin: `POST /fleet/replicas/{id}/admit|drain|
+- `GET /fleet/state`: `FleetSnapshot` JSON, never a replica address. A replica's `queue_depth` is its own waiting
+  queue plus its share (rounded up) of the user requests waiting in the gateway's FIFO for any routable replica. Admin: `POST /fleet/replicas/{id}/admit|drain|
   quarantine` (idempotent; returns the replica's state; 404 `unknown_replica`).
 - Ledger: one `UsageRecord` per request served or failed (not for its own probes), through `on_record`.
 """
@@ -176,7 +177,17 @@ class Gateway:
     def snapshot(self) -> FleetSnapshot:
         now = asyncio.get_running_loop().time()
         at = datetime.now(UTC)
-        return FleetSnapshot(observed_at=at, replicas=tuple(up.snapshot(now, at) for up in self.upstreams.values()))
+        replicas = [up.snapshot(now, at) for up in self.upstreams.values()]
+        # Requests waiting in the gateway's own FIFO need a slot as much as a replica's waiting queue does:
+        # each is spread over the replicas that could serve it (ceil), so the stress harness, which frees
+        # slots per replica, sees them at once instead of after the freed slots were taken.
+        waiting = sum(1 for w in self._waiters if not w.fut.done() and w.kind in USER_DEMAND)
+        routable = [i for i, up in enumerate(self.upstreams.values()) if up.routable(now)]
+        if waiting and routable:
+            share = -(-waiting // len(routable))
+            for i in routable:
+                replicas[i] = replicas[i].model_copy(update={"queue_depth": replicas[i].queue_depth + share})
+        return FleetSnapshot(observed_at=at, replicas=tuple(replicas))
 
     # -- slots and the queue --------------------------------------------------------------------------------
 
