@@ -1,5 +1,6 @@
 """The code location: thin wiring of assets, jobs, schedules, sensors and resources."""
 
+import gc
 import os
 
 import dagster as dg
@@ -43,3 +44,8 @@ defs = dg.Definitions(
         "io_manager": PrivateValueIOManager(),
     },
 )
+
+# Everything imported so far (Dagster, the code location) lives as long as the process: keep it out of the
+# cyclic collector's full passes, which otherwise walk it again and again during a large tick (about a
+# third of a 10,000-replica tick's CPU; BENCHMARKS.md, tick).
+gc.freeze()

@@ -19,16 +19,19 @@ does with it depends on timing):
   secrets), `{"unavailable": "timeout"}` and stalls past OVERSEER_MIND_TIMEOUT_S;
 - the store: a competing writer holds SQLite's write lock (BEGIN IMMEDIATE on its own connection) for
   a few seconds;
-- Dagster: the daemon is killed (SIGKILL by its PID) while a dispatch run is in flight, then restarted;
+- Dagster: the daemon is killed (SIGKILL by its PID) in the middle of a dispatch (an action queued for
+  the sensor, claimed, or its run in flight), then restarted;
 - the operator: a gated scale-out is approved with a signed receipt, and the same approval is submitted
-  twice (a double click).
+  twice (a double click); a replica the breaker took out of rotation and that stays healthy for 20 s is
+  re-admitted through the router admin (the scripted mind's readmits are guesses), racing the overseer's.
 
 The lab cannot restart its gateway (the routing state and the traffic live in the same process), so no
 gateway restart is injected; replicas are killed and recovered through it instead (`gateway_restart`
 in the result says so).
 
 Then it checks, prints and returns: external failures (0, from the ledger; a stream cut by a replica the
-soak killed mid-response is attributed to the injection, every other failure counts), actions executed
+soak killed, hung or flapped mid-response is attributed to the injection, and a client that left while
+the soak stopped the lab to the teardown; every other failure counts), actions executed
 more than once (0: journal and actuator-side evidence), gated actions executed without an effective
 receipt (0), finished tick runs without a journal row (0), the audit chain verifies, and no planted
 secret on any public surface (every Dagster event of every run, run tags and config, compute logs and
@@ -130,9 +133,9 @@ def mind_script(rng: random.Random, entries: int, replica_ids: list[str],
     stress = {"kind": "start_stress", "concurrency": 2, "duration_s": 60, "reason": "fill idle slots"}
     out: list[tuple[str, Any]] = [
         ("valid", _envelope(stress)),
+        ("timeout", {"unavailable": "timeout"}),
         ("garbage_secret", _garbage(rng, secrets, leaky=True)[1]),
         ("gated", _scale_out()),
-        ("timeout", {"unavailable": "timeout"}),
         ("leaky_valid", _envelope({"kind": "stop_stress", "reason": secrets["prompt"]})),
         ("garbage", _garbage(rng, secrets, leaky=False)[1]),
         ("valid", _envelope({**stress, "concurrency": 3})),
@@ -450,7 +453,9 @@ class Soak:
         while time.monotonic() < deadline:
             self._check_alive()
             runs &= {r.run_id for r in self._in_flight_runs()}
-            open_actions &= {a["action_id"] for a in self._open_actions()}
+            # An action still queued after its dispatch run finished will not move again (its run key is
+            # spent): stranded, reported with the results, not waited for.
+            open_actions &= {a["action_id"] for a in self._open_actions()} - self._spent_actions()
             if not runs and not open_actions:
                 return
             time.sleep(2.0)
@@ -494,6 +499,10 @@ class Soak:
             return [dict(r) for r in conn.execute(
                 select(actions.c.action_id, actions.c.status).where(actions.c.status.in_(("queued", "dispatching")))
             ).mappings()]
+
+    def _spent_actions(self) -> set[str]:
+        return {r.tags["overseer/action_id"] for r in self._runs(DISPATCH_JOB, FINISHED)
+                if "overseer/action_id" in r.tags}
 
     def _sample_fleet(self) -> None:
         import httpx
@@ -702,18 +711,31 @@ def _processes_mentioning(root: Path, wait_s: float) -> list[int]:
     """PIDs whose command line names `root` (run workers of our instance), after waiting up to `wait_s` for
     them to exit by themselves. Only reported: they are not ours to signal."""
     needle = str(root).encode()
+    ours = _ancestors()  # a caller whose own command line names the directory is not a straggler
     deadline = time.monotonic() + wait_s
     while True:
         pids = []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
-                if needle in (proc / "cmdline").read_bytes() and int(proc.name) != os.getpid():
+                if needle in (proc / "cmdline").read_bytes() and int(proc.name) not in ours:
                     pids.append(int(proc.name))
             except OSError:
                 continue
         if not pids or time.monotonic() >= deadline:
             return pids
         time.sleep(1.0)
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
 
 
 def _together(*calls: Callable[[], Any]) -> None:
@@ -790,6 +812,9 @@ def check_external(engine: Any, since: datetime, faults: list[FaultRecord],  # n
         "cut_by_injected_replica_death": len(injected),
         "cut_by_teardown": len(teardown),
         "counted_by_reason": dict(Counter(r["failure_reason"] or "unknown" for r in counted)),
+        **({"counted": [{"at_s": round((r["ts"] - since).total_seconds(), 1), "replica_id": r["replica_id"],
+                         "reason": r["failure_reason"], "latency_s": round(r["latency_s"] or 0.0, 2)}
+                        for r in counted[:10]]} if counted else {}),
     }
 
 
@@ -985,11 +1010,25 @@ def _tick_summary(engine: Any, runs: list[dict]) -> dict:  # noqa: ANN401
             "deciding_ticks_by_outcome": dict(tick_outcomes), "skipped_rows_by_reason": dict(skipped)}
 
 
-def _action_summary(engine: Any) -> dict:  # noqa: ANN401
+def _action_summary(engine: Any, instance: Any) -> dict:  # noqa: ANN401
+    """Actions by outcome, and the stranded ones: still queued or gated-approved at the end although their
+    one dispatch run (the run key is the action's or the gate's) finished without ever starting."""
+    import dagster as dg
+
     from overseer_dagster.store.tables import actions
 
     rows = _rows(engine, actions)
+    never_started = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(job_name=DISPATCH_JOB, statuses=[dg.DagsterRunStatus.FAILURE])):
+        started = any(e.dagster_event is not None and e.dagster_event.event_type == dg.DagsterEventType.RUN_START
+                      for e in instance.all_logs(run.run_id))
+        if not started and "overseer/action_id" in run.tags:
+            never_started.add(run.tags["overseer/action_id"])
+    stranded = [r["action_id"] for r in rows if r["action_id"] in never_started
+                and r["status"] in ("queued", "gated", "dispatching")]
     return {"total": len(rows), "by_status": dict(Counter(r["status"] for r in rows)),
+            "dispatch_runs_never_started": len(never_started),
+            "stranded_by_a_run_that_never_started": len(stranded),
             "succeeded_by_kind": dict(Counter(r["kind"] for r in rows if r["status"] == "succeeded")),
             "failed_reasons": dict(Counter(r["outcome_reason"] for r in rows if r["status"] == "failed")),
             "precondition_failed_reasons": dict(Counter(r["outcome_reason"] for r in rows
@@ -1073,14 +1112,20 @@ def _evaluate(soak: Soak, started_at: datetime, error: str | None) -> dict:
                 "planted_secrets_on_public_surfaces": check_secrets(
                     instance, soak.deployment.home, soak.home, cli, _needles(soak.secrets)),
             }
+            action_summary = _action_summary(engine, instance)
         return {
             **base,
             "passed": error is None and all(c["ok"] for c in checks.values()),
             "checks": checks,
             "faults": _fault_counts(soak),
+            # Seconds from the soak's start; replica ids are lab names (public-safe).
+            "timeline": [{"at_s": round((f.start - started_at).total_seconds(), 1), "kind": f.kind, "target": f.target,
+                          "for_s": round((f.end - f.start).total_seconds(), 1) if f.end else None}
+                         for f in sorted(soak.faults, key=lambda f: f.start)],
+            "replicas_joined": sorted(soak.seen_replicas - set(soak.replica_ids)),
             "ticks": {"launched_by_soak": len(soak.launched), "launch_errors": soak.launch_errors,
                       "launch_skipped_busy": soak.launch_skipped_busy, **_tick_summary(engine, runs)},
-            "actions": _action_summary(engine),
+            "actions": action_summary,
             "operator": {"readmits": soak.operator_readmits, "approval_rounds": len(soak.approvals),
                          "approval_runs_by_status": approval_runs},
             **({"error": error} if error else {}),
@@ -1114,5 +1159,6 @@ def main(args: Any) -> int:  # noqa: ANN401 - argparse.Namespace
 
 
 if __name__ == "__main__":
-    sys.exit(main(type("Args", (), {"minutes": float(sys.argv[1]) if len(sys.argv) > 1 else 1.0, "seed": 0,
-                                    "json": False})()))
+    from overseer_dagster import cli
+
+    sys.exit(cli.main(["bench", "soak", *sys.argv[1:]]))
