@@ -5,9 +5,10 @@ a gated kind, kill switch, advisory mode, a stale decision), claim the action (q
 a compare-and-set: of two runs only one wins), re-check its precondition on a fresh read of the
 fleet, call the actuator, record the outcome. Outcome and journal row are written in one transaction.
 
-`due_actions` is what the `autonomous_dispatch` sensor calls: it retires stale decisions, reconciles
-claims whose lease expired (a run that crashed between acting and recording) by reading the world,
-never by acting again, and returns the actions to launch runs for.
+`due_actions` is what the `autonomous_dispatch` sensor calls: it retires stale decisions, fails actions
+whose run ended without claiming them (`failed: run_never_started`), reconciles claims whose lease expired
+(a run that crashed between acting and recording) by reading the world, never by acting again, and
+returns the actions to launch runs for.
 """
 
 from __future__ import annotations
@@ -45,12 +46,19 @@ DISPATCH_LEASE_S = 120.0
 ACT_BUDGET_S = 60.0
 # The outcome of a run that found nothing to do (the action was not queued): recorded nowhere.
 NOT_QUEUED = "not_queued"
+# A run is launched within seconds of an action being queued and claims it soon after. Only an action still
+# queued this long is worth asking Dagster about: did its run end without claiming it?
+RUN_CHECK_AFTER_S = 10.0
+# Why an action whose run ended before claiming it failed. Its run key is spent: it is never retried.
+NEVER_STARTED = "run_never_started"
 
 _ACTION: TypeAdapter[Action] = TypeAdapter(Action)
 # Kinds whose effect shows in the fleet; every other kind's effect is a row in the store.
 _FLEET_EFFECT = frozenset({ActionKind.readmit_replica.value, ActionKind.warm_replica.value})
 
 Clock = Callable[[], datetime]
+# Given action ids, those whose dispatch runs have all ended (the sensor asks the Dagster instance).
+EndedRuns = Callable[[list[str]], set[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +219,13 @@ def _record(engine: Engine, row: dict, outcome: str, why: tuple[str | None, str 
 # --- the sensor's sweep --------------------------------------------------------------------------
 
 
-def due_actions(engine: Engine, *, now: datetime, cadence_s: float, fleet: FleetSource) -> Due:
-    """Queued actions to launch, after retiring stale decisions and reconciling expired claims.
+def due_actions(engine: Engine, *, now: datetime, cadence_s: float, fleet: FleetSource,
+                ended_runs: EndedRuns | None = None) -> Due:
+    """Queued actions to launch, after retiring stale decisions, failing those whose run ended without claiming
+    them, and reconciling expired claims.
 
-    Reads only the store, except when a claim's lease has expired (rare): then it reads the fleet once.
+    Reads only the store, except when a claim's lease has expired (rare): then it reads the fleet once; and
+    `ended_runs` is asked only about actions queued over RUN_CHECK_AFTER_S ago.
     """
     settled: list[Dispatched] = []
     due = []
@@ -223,10 +234,27 @@ def due_actions(engine: Engine, *, now: datetime, cadence_s: float, fleet: Fleet
             settled.append(_record(engine, row, "precondition_failed", _stale(row, now), now=now, expected="queued"))
         else:
             due.append(row)
+    if ended_runs is not None:
+        unstarted = _unstarted(due, now, ended_runs)
+        why = (NEVER_STARTED, "its dispatch run ended without claiming it; the run key is spent: the next tick "
+               "decides afresh")
+        for row in unstarted:
+            settled.append(_record(engine, row, "failed", why, now=now, expected="queued"))
+        gone = {row["action_id"] for row in unstarted}
+        due = [row for row in due if row["action_id"] not in gone]
     expired = actions.expired_leases(engine, now)
     if expired:
         settled.extend(reconcile(engine, expired, now=now, fleet=fleet))
     return Due(due, [s for s in settled if s.recorded])
+
+
+def _unstarted(rows: list[dict], now: datetime, ended_runs: EndedRuns) -> list[dict]:
+    """Queued rows whose run ended without claiming them: a run worker that never launched, a run canceled or
+    failed before its claim. Dagster would skip the same run key if the sensor asked again, so the action
+    would sit queued until judged stale; a queued action and an ended run prove it never started."""
+    overdue = [r["action_id"] for r in rows if (now - r["updated_at"]).total_seconds() >= RUN_CHECK_AFTER_S]
+    ended = ended_runs(overdue) if overdue else set()
+    return [r for r in rows if r["action_id"] in ended]
 
 
 def reconcile(engine: Engine, rows: list[dict], *, now: datetime, fleet: FleetSource) -> list[Dispatched]:

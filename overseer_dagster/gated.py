@@ -16,12 +16,14 @@ receipt is unused. Nothing else makes a gated kind execute.
 
 `sweep` is the `approved_dispatch` sensor's: expire due gates (their waiting actions `blocked:
 gate_expired`), settle gated claims whose lease expired by reading the world (never acting again),
-and list the effective gates to launch. `run_rollback` is one `rollback_action` run.
+and list the effective gates to launch. `run_rollback` is one `rollback_action` run; a `scale_in` drains
+the allocation's replicas at the router and releases them only once no external request is in flight there.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,12 +36,12 @@ from sqlalchemy import Engine
 from overseer_dagster import approvals
 from overseer_dagster.adapters.actuators import ActuatorError, RouterAdmin
 from overseer_dagster.adapters.fleet_source import FleetSource, FleetSourceError
-from overseer_dagster.adapters.spend import Provider, Wallet
+from overseer_dagster.adapters.spend import SPEND_TIMEOUT_S, Allocation, Provider, Wallet
 from overseer_dagster.approvals import SignedDecision
 from overseer_dagster.core import approval
 from overseer_dagster.core.approval import Decision, Refusal, Refused
 from overseer_dagster.core.authority import AUTHORITY
-from overseer_dagster.core.fleet import FleetSnapshot, RoutingState
+from overseer_dagster.core.fleet import REPLICA_ID_PATTERN, FleetSnapshot, RoutingState
 from overseer_dagster.core.gates import action_hash, precondition_for
 from overseer_dagster.core.redact import redact
 from overseer_dagster.core.vocabulary import Action, ActionKind, QuarantineReplica, RequestScaleOut, WalletSpend
@@ -51,12 +53,26 @@ _ACTION: TypeAdapter[Action] = TypeAdapter(Action)
 # A run that found its gate not effective (not approved, used, expired, ...): recorded nowhere.
 NOT_EFFECTIVE = "not_effective"
 ROLLBACK_LEASE_S = 120.0
-# One run per gate (run key `gated:<gate_id>`): a fleet that does not answer gets a few tries first.
+# A gate's run that ended without claiming its action (its run worker never launched, it was canceled, or it
+# refused while the kill switch was off) left the operator's approval unused: the sensor launches another,
+# under a new run key, up to this many runs in all. Past that the approval stays unused (the gate expires as
+# usual, or an operator launches `dispatch_action` for the action by hand): a fault that stops every run is
+# not one more retry would cure, and the action never ran, so no outcome is invented for it.
+GATED_RUNS = 3
+# One run per gate and attempt (`run_key`): a fleet that does not answer gets a few tries first.
 FLEET_READS = 3
 FLEET_RETRY_S = 1.0
 # An automatic rollback that failed is tried again after this long (doubling, up to the cap).
 ROLLBACK_RETRY_S = 30.0
 ROLLBACK_RETRY_CAP_S = 900.0
+# A scale-in drains its replicas, then waits at most this long (reading the fleet every DRAIN_POLL_S) for
+# the external requests in flight there to finish before it releases them, as a Kubernetes scale-down
+# waits out a pod's grace period.
+DRAIN_WAIT_S = 60.0
+DRAIN_POLL_S = 1.0
+# The release must still fit in the rollback's lease after the drain wait: the provider's timeout, and as
+# much again for the outcome's transaction. A run past its lease would race the relaunched rollback.
+RELEASE_BUDGET_S = 2 * SPEND_TIMEOUT_S
 
 Clock = Callable[[], datetime]
 
@@ -75,6 +91,7 @@ class Launch:
     gate_id: str
     action_id: str
     kind: str
+    approved_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +137,14 @@ def effective_problem(gate: dict[str, Any] | None, receipt: dict[str, Any] | Non
         return "no such gate"
     return approval.ineffective(gate, receipt, now=now,
                                 signature_ok=receipt is not None and signature_ok(registry, receipt))
+
+
+def run_key(gate_id: str, ended: int) -> str | None:
+    """The run key of a gate's next run when `ended` runs for it ended without claiming its action:
+    `gated:<gate_id>`, then `gated:<gate_id>:2`, ...; None once GATED_RUNS have."""
+    if ended >= GATED_RUNS:
+        return None
+    return f"gated:{gate_id}" if ended == 0 else f"gated:{gate_id}:{ended + 1}"
 
 
 def is_gated(engine: Engine, action_id: str) -> bool:
@@ -247,13 +272,18 @@ def _act(action: Action, action_id: str, act: GatedActuators) -> tuple[str, dict
             a = act.provider.scale_out(gpu_class=action.gpu_class, count=action.count,
                                        max_hourly_usd=action.max_hourly_usd, idempotency_key=action_id)
             return (f"allocation {a.allocation_id}: {a.count} x {a.gpu_class} at {a.hourly_usd} USD/h, {a.state}",
-                    {"plan": "scale_in", "launch": "automatic", "allocation_id": a.allocation_id,
-                     "after_s": action.rollback.after_s})
+                    _scale_in_plan(a, action))
         case WalletSpend():
             p = act.wallet.pay(payee_ref=action.payee_ref, amount_sats=action.amount_sats, purpose=action.purpose,
                                idempotency_key=action_id)
             return f"payment {p.payment_id}: {p.amount_sats} sats to {p.payee_ref}, {p.state}", None
     raise ActuatorError("not_gated", f"{action.kind} is not a gated kind")
+
+
+def _scale_in_plan(allocation: Allocation, action: RequestScaleOut) -> dict[str, Any]:
+    """The rollback of a scale-out: release the allocation, after draining the replicas it names."""
+    return {"plan": "scale_in", "launch": "automatic", "allocation_id": allocation.allocation_id,
+            "replica_ids": list(allocation.replica_ids), "after_s": action.rollback.after_s}
 
 
 def _entry(row: dict, state: str, reason: str | None, detail: str | None, now: datetime) -> journal.Entry:
@@ -310,7 +340,7 @@ def sweep(engine: Engine, *, now: datetime, registry: OperatorRegistry, fleet: F
         if effective_problem(gate, receipt, registry, now) is None:
             row = actions.get(engine, gate["action_id"])
             if row is not None and row["status"] == "gated":
-                launch.append(Launch(gate["gate_id"], gate["action_id"], gate["kind"]))
+                launch.append(Launch(gate["gate_id"], gate["action_id"], gate["kind"], gate["decided_at"]))
     return Sweep(launch, [s for s in settled if s.recorded], expired)
 
 
@@ -372,8 +402,7 @@ def _effect(action: Action, action_id: str, fleet: FleetSnapshot | None,
             a = act.provider.find(action_id)
             if a is None:
                 return False, None
-            return True, {"plan": "scale_in", "launch": "automatic", "allocation_id": a.allocation_id,
-                          "after_s": action.rollback.after_s}
+            return True, _scale_in_plan(a, action)
         case WalletSpend():
             return act.wallet.find(action_id) is not None, None
     return False, None
@@ -391,11 +420,15 @@ def due_rollbacks(engine: Engine, now: datetime) -> list[dict[str, Any]]:
 
 
 def run_rollback(engine: Engine, gate_id: str, signed: SignedDecision | None, *, run_id: str, clock: Clock,
-                 enabled: bool, registry: OperatorRegistry, actuators: GatedActuators) -> RolledBack:
+                 enabled: bool, registry: OperatorRegistry, actuators: GatedActuators,
+                 fleet: FleetSource) -> RolledBack:
     """One rollback, once: an operator's signed go-ahead (any plan), or due and automatic (`scale_in`).
 
+    `fleet` is read fresh while a `scale_in` waits for its drained replicas to go idle.
     Raises Refused (after an `rollback_refused` journal row) when it may not run."""
     now = clock()
+    # The lease below starts at `now`: its end in monotonic time bounds a scale-in's drain wait.
+    lease_end = time.monotonic() + ROLLBACK_LEASE_S
     gate = approvals.load_gate(engine, gate_id)
     receipt = None
     try:
@@ -436,7 +469,8 @@ def run_rollback(engine: Engine, gate_id: str, signed: SignedDecision | None, *,
 
     plan = json.loads(rollback["plan_json"])
     try:
-        detail = _undo(plan, actuators)
+        detail = _undo(plan, actuators, action_id=rollback["action_id"], fleet=fleet, clock=clock,
+                       lease_end=lease_end)
         outcome, reason = "rolled_back", None
     except ActuatorError as exc:
         outcome, reason, detail = "rollback_failed", exc.reason, str(exc)
@@ -454,14 +488,83 @@ def run_rollback(engine: Engine, gate_id: str, signed: SignedDecision | None, *,
                       receipt_id=receipt["receipt_id"] if receipt else None)
 
 
-def _undo(plan: dict[str, Any], act: GatedActuators) -> str:
+def _undo(plan: dict[str, Any], act: GatedActuators, *, action_id: str, fleet: FleetSource, clock: Clock,
+          lease_end: float) -> str:
     if plan["plan"] == "readmit_replica":
         state = act.router.admit(plan["replica_id"])
         return f"{state.replica_id} is {state.routing_state.value}"
     if plan["plan"] == "scale_in":
-        a = act.provider.release(plan["allocation_id"])
-        return f"allocation {a.allocation_id} is {a.state}"
+        return _scale_in(plan, act, action_id=action_id, fleet=fleet, clock=clock, lease_end=lease_end)
     raise ActuatorError("unknown_rollback", f"no rollback called {plan['plan']}")
+
+
+def _scale_in(plan: dict[str, Any], act: GatedActuators, *, action_id: str, fleet: FleetSource, clock: Clock,
+              lease_end: float) -> str:
+    """Release a scale-out's allocation gracefully: drain its replicas at the router, wait until the fleet
+    shows no external request in flight on them, then release. Releasing first would stop replicas that
+    are still streaming users' answers.
+
+    When the wait runs out the allocation is NOT released: the rollback fails `drain_timeout` and the
+    automatic retry (30 s, doubling) drains again and waits again. Releasing anyway would cut the very
+    requests the drain exists to protect, while waiting costs only spend (bounded by the retry, and the
+    replicas, drained, take no new traffic meanwhile); a replica that never goes idle shows as repeated
+    `rollback_failed: drain_timeout` rows, for an operator to look at."""
+    replica_ids = _allocation_replicas(plan, act.provider, action_id)
+    drained = _drain(replica_ids, act.router)
+    _await_idle(drained, fleet, clock, until=min(time.monotonic() + DRAIN_WAIT_S, lease_end - RELEASE_BUDGET_S))
+    a = act.provider.release(plan["allocation_id"])
+    return f"allocation {a.allocation_id} is {a.state}"
+
+
+def _allocation_replicas(plan: dict[str, Any], provider: Provider, action_id: str) -> list[str]:
+    """The allocation's replica ids: those its scale-out answer listed, and those the provider lists now (found
+    by the scale-out's idempotency key: a provider may name replicas only once they are provisioned).
+
+    Only ids of the fleet's pattern: the routing-state oracle can list no other, so no other can carry
+    routed traffic, and a provider's answer is never put in a router URL unchecked."""
+    ids = list(plan.get("replica_ids") or [])
+    current = provider.find(action_id)
+    if current is not None and current.allocation_id == plan["allocation_id"]:
+        ids += [rid for rid in current.replica_ids if rid not in ids]
+    return [rid for rid in ids if re.fullmatch(REPLICA_ID_PATTERN, rid)]
+
+
+def _drain(replica_ids: list[str], router: RouterAdmin) -> list[str]:
+    """Take each replica out of new routing (idempotent); the ids the router knows. A replica it does not know
+    is already gone: nothing to drain and nothing in flight there."""
+    known = []
+    for replica_id in replica_ids:
+        try:
+            router.drain(replica_id)
+        except ActuatorError as exc:
+            if exc.reason != "unknown_replica":
+                raise
+            continue
+        known.append(replica_id)
+    return known
+
+
+def _await_idle(replica_ids: list[str], fleet: FleetSource, clock: Clock, *, until: float) -> None:
+    """Return once a fresh read of the fleet shows no external request in flight on `replica_ids` (one the fleet
+    no longer lists is gone; stress is preemptible and does not count); polls until `until` (monotonic).
+
+    Raises ActuatorError `drain_timeout` (`fleet_unavailable` if the fleet could not be read) when time is up."""
+    wanted = set(replica_ids)
+    started = time.monotonic()
+    while wanted:
+        snapshot, problem = _read(fleet, clock())
+        busy = {} if snapshot is None else {r.replica_id: r.external_inflight for r in snapshot.replicas
+                                            if r.replica_id in wanted and r.external_inflight > 0}
+        if snapshot is not None and not busy:
+            return
+        if time.monotonic() + DRAIN_POLL_S > until:
+            waited = time.monotonic() - started
+            if snapshot is None:
+                raise ActuatorError("fleet_unavailable", f"the drained replicas' in-flight requests could not be "
+                                    f"read for {waited:.0f} s ({problem}): not released")
+            raise ActuatorError("drain_timeout", f"{sum(busy.values())} external request(s) still in flight on "
+                                f"{', '.join(sorted(busy))} after {waited:.0f} s of draining: not released")
+        time.sleep(DRAIN_POLL_S)
 
 
 def actuators_from_settings(router: RouterAdmin) -> GatedActuators:

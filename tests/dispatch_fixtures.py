@@ -70,6 +70,21 @@ def queue(engine: Engine, action: dict, *, now: datetime = NOW, kind: str | None
     return action_id
 
 
+def run_for(instance: Any, request: Any, *, ended: str | None = "failed") -> Any:  # noqa: ANN401
+    """The `dispatch_action` run the sensor daemon creates for a run request (its tags and run key), then, by
+    `ended`, reported `failed` or `canceled` before it ever ran (its run worker never launched), or left on its
+    way (None)."""
+    from overseer_dagster.definitions import defs
+
+    run = instance.create_run_for_job(defs.get_job_def("dispatch_action"), run_config=request.run_config,
+                                      tags={**request.tags, "dagster/run_key": request.run_key})
+    if ended == "failed":
+        instance.report_run_failed(run)
+    elif ended == "canceled":
+        instance.report_run_canceled(run)
+    return instance.get_run_by_id(run.run_id)
+
+
 def store_actuators(engine: Engine, router: Any = None, warm: Any = None, cadence_s: float = 60.0) -> Actuators:
     none = UnconfiguredRouter()
     return Actuators(stress=StoreStressControl(engine, default_hold_s=3 * cadence_s), router=router or none,

@@ -139,7 +139,7 @@ class CountingProvider:
         return Allocation(allocation_id, "h100", 1, 4.0, "released")
 
     def find(self, idempotency_key: str) -> Allocation | None:
-        return next((Allocation("alloc-1", "h100", 1, 4.0, "ready") for c in self.calls
+        return next((Allocation("alloc-1", "h100", 1, 4.0, "ready", ("scale-1-0",)) for c in self.calls
                      if c == ("scale_out", idempotency_key)), None)
 
 

@@ -1,14 +1,16 @@
 """Gates through Dagster: the `approve_action` job records a signed decision (and a materialization of
 `approval_receipts`) or fails naming the cause; the `approved_dispatch` sensor launches effective gates,
-also while the tick schedule is stopped, never while OVERSEER_ENABLED is off; `approval_gates` shows
+also while the tick schedule is stopped, never while OVERSEER_ENABLED is off, again under a new run key
+when a run ended without claiming (three runs at most); `approval_gates` shows
 the open gates as a Markdown table; `dispatch_action` runs a gated action through its approval."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from dispatch_fixtures import run_for
 from gate_fixtures import QUARANTINE, fleet, open_gate, operators, wallet_spend
 from test_sensors import schedule_state
 
@@ -122,6 +124,33 @@ def test_nothing_gated_is_launched_while_the_kill_switch_is_off(engine, ops, sto
     monkeypatch.setenv("OVERSEER_ENABLED", "on")
     with dg.instance_for_test() as instance:
         assert "advisory" in evaluate(approved_dispatch, instance, store_url).skip_message
+
+
+def test_a_gated_run_that_ended_without_claiming_is_launched_again_under_a_new_key_at_most_three_times(
+        engine, ops, store_url) -> None:
+    from overseer_dagster import approvals
+
+    approved = _now() - timedelta(seconds=30)
+    gate = open_gate(engine, wallet_spend(), snap=fleet(approved), now=approved)
+    approvals.decide(engine, ops.registry, ops.sign(gate, issued_at=approved), now=approved)
+    keys = []
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            [request] = evaluate(approved_dispatch, instance, store_url).run_requests
+            run = run_for(instance, request, ended=None)
+            # On its way: asked again under the same key, which Dagster skips.
+            assert [r.run_key for r in evaluate(approved_dispatch, instance, store_url).run_requests] == [
+                request.run_key]
+            instance.report_run_failed(run)  # ... then it ends before claiming (its run worker never launched)
+            keys.append(request.run_key)
+        exhausted = evaluate(approved_dispatch, instance, store_url)
+    gate_id = gate["gate_id"]
+    assert keys == [f"gated:{gate_id}", f"gated:{gate_id}:2", f"gated:{gate_id}:3"]
+    assert exhausted.run_requests == [] and exhausted.skip_message == "no effective gates to launch"
+    # Nothing invented: the action never ran, the operator's approval stays unused until the gate expires.
+    assert actions.get(engine, gate["action_id"])["status"] == "gated"
+    assert receipts.approval_for(engine, gate_id)["consumed_at"] is None
+    assert gates.get(engine, gate_id)["state"] == "approved"
 
 
 def test_the_gates_table_is_reported_only_when_the_open_gates_change(engine, ops, store_url) -> None:

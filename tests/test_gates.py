@@ -6,13 +6,14 @@ Each store test runs on SQLite and PostgreSQL (the `engine` fixture)."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from gate_fixtures import (
     NOW,
     QUARANTINE,
     SCALE_OUT,
+    CountingProvider,
     CountingRouter,
     CountingWallet,
     StaticFleet,
@@ -26,7 +27,9 @@ from gate_fixtures import (
 from sqlalchemy import select, update
 
 from overseer_dagster import approvals, gated
+from overseer_dagster.adapters.actuators import ActuatorError
 from overseer_dagster.core.approval import Refused
+from overseer_dagster.core.fleet import FleetSnapshot, ReplicaState
 from overseer_dagster.dispatch import NOT_QUEUED
 from overseer_dagster.gated import NOT_EFFECTIVE, GatedActuators
 from overseer_dagster.receipts import generate_key
@@ -411,11 +414,11 @@ def test_a_scale_out_schedules_its_scale_in_which_runs_when_due_without_an_opera
     assert gated.due_rollbacks(engine, later(600)) == []
     with pytest.raises(Refused) as early:
         gated.run_rollback(engine, gate["gate_id"], None, run_id="rb", clock=lambda: later(600), enabled=True,
-                           registry=ops.registry, actuators=actuators)
+                           registry=ops.registry, actuators=actuators, fleet=StaticFleet(fleet()))
     assert early.value.reason == "no_rollback"
     assert [r["gate_id"] for r in gated.due_rollbacks(engine, later(601))] == [gate["gate_id"]]
     done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb", clock=lambda: later(601), enabled=True,
-                              registry=ops.registry, actuators=actuators)
+                              registry=ops.registry, actuators=actuators, fleet=StaticFleet(fleet()))
     assert done.outcome == "rolled_back"
     assert actuators.provider.calls == [("scale_out", gate["action_id"]), ("release", "alloc-1")]
     assert receipts.rollback_for(engine, gate["gate_id"])["state"] == "done"
@@ -429,10 +432,97 @@ def test_a_failed_automatic_scale_in_is_tried_again_later(engine, ops) -> None:
     dispatch(engine, gate, ops, actuators, now=later(1))
     actuators.provider.fail = "provider_error"
     done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb1", clock=lambda: later(601), enabled=True,
-                              registry=ops.registry, actuators=actuators)
+                              registry=ops.registry, actuators=actuators, fleet=StaticFleet(fleet()))
     assert (done.outcome, done.reason) == ("rollback_failed", "provider_error")
     rollback = receipts.rollback_for(engine, gate["gate_id"])
     assert (rollback["state"], rollback["attempts"], rollback["due_at"]) == ("pending", 1, later(631))
+
+
+class BusyThenIdleFleet:
+    """The fleet as a scale-in's drain wait reads it: `scale-1-0` (the allocation's replica) has `busy` external
+    requests in flight for the first `busy_reads` reads, then none; stress there never goes away. Each read is
+    logged in `calls` (shared with the fakes), so the order of drain, reads and release shows."""
+
+    def __init__(self, calls: list, *, busy_reads: int, busy: int = 2) -> None:
+        self.calls = calls
+        self.busy_reads = busy_reads
+        self.busy = busy
+        self.reads = 0
+
+    def snapshot(self, now: datetime) -> FleetSnapshot:
+        self.reads += 1
+        external = self.busy if self.reads <= self.busy_reads else 0
+        self.calls.append(("fleet", external))
+        extra = {"replica_id": "scale-1-0", "health": "healthy", "routing_state": "draining", "inflight": external + 3,
+                 "max_inflight": 16, "external_inflight": external, "stress_inflight": 3,
+                 "observed_at": now.isoformat()}
+        snap = fleet(now)
+        return snap.model_copy(update={"replicas": (*snap.replicas, ReplicaState.model_validate(extra))})
+
+
+def scaled_out(engine, ops, calls: list) -> tuple[dict, GatedActuators]:  # noqa: ANN001
+    """An executed scale-out whose router and provider log into one shared, ordered `calls`."""
+    gate = open_gate(engine, SCALE_OUT)
+    approvals.decide(engine, ops.registry, ops.sign(gate), now=NOW)
+    actuators = GatedActuators(router=CountingRouter(calls=calls), provider=CountingProvider(calls=calls),
+                               wallet=CountingWallet())
+    assert dispatch(engine, gate, ops, actuators, now=later(1))[0].outcome == "succeeded"
+    return gate, actuators
+
+
+def test_a_scale_in_drains_its_replicas_and_releases_them_only_once_no_external_request_is_in_flight(
+        engine, ops, monkeypatch) -> None:
+    monkeypatch.setattr(gated, "DRAIN_POLL_S", 0.01)
+    calls: list = []
+    gate, actuators = scaled_out(engine, ops, calls)
+    busy = BusyThenIdleFleet(calls, busy_reads=3)
+    done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb", clock=lambda: later(601), enabled=True,
+                              registry=ops.registry, actuators=actuators, fleet=busy)
+    assert (done.outcome, done.detail) == ("rolled_back", "allocation alloc-1 is released")
+    # Drained first, released only after a read showing no external request there (stress does not hold it).
+    assert calls == [("scale_out", gate["action_id"]), ("drain", "scale-1-0"),
+                     ("fleet", 2), ("fleet", 2), ("fleet", 2), ("fleet", 0), ("release", "alloc-1")]
+    assert receipts.rollback_for(engine, gate["gate_id"])["state"] == "done"
+
+
+def test_a_scale_in_whose_replicas_stay_busy_is_not_released_and_is_tried_again(engine, ops, monkeypatch) -> None:
+    monkeypatch.setattr(gated, "DRAIN_POLL_S", 0.01)
+    monkeypatch.setattr(gated, "DRAIN_WAIT_S", 0.05)
+    calls: list = []
+    gate, actuators = scaled_out(engine, ops, calls)
+    done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb1", clock=lambda: later(601), enabled=True,
+                              registry=ops.registry, actuators=actuators,
+                              fleet=BusyThenIdleFleet(calls, busy_reads=10 ** 6))
+    assert (done.outcome, done.reason) == ("rollback_failed", "drain_timeout")
+    assert "scale-1-0" in done.detail and ("release", "alloc-1") not in calls
+    rollback = receipts.rollback_for(engine, gate["gate_id"])
+    assert (rollback["state"], rollback["attempts"], rollback["due_at"]) == ("pending", 1, later(631))
+    # The retry drains again (idempotent) and, the requests done, releases.
+    calls.clear()
+    done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb2", clock=lambda: later(631), enabled=True,
+                              registry=ops.registry, actuators=actuators, fleet=BusyThenIdleFleet(calls, busy_reads=0))
+    assert done.outcome == "rolled_back"
+    assert calls == [("drain", "scale-1-0"), ("fleet", 0), ("release", "alloc-1")]
+
+
+class GoneRouter(CountingRouter):
+    """A router that no longer knows any replica (404 `unknown_replica`)."""
+
+    def drain(self, rid: str) -> ReplicaState:
+        self.calls.append(("drain", rid))
+        raise ActuatorError("unknown_replica", "drain: the gateway does not know this replica")
+
+
+def test_a_replica_the_router_no_longer_knows_does_not_hold_up_its_scale_in(engine, ops) -> None:
+    calls: list = []
+    gate, actuators = scaled_out(engine, ops, calls)
+    gone = GatedActuators(router=GoneRouter(calls=calls), provider=actuators.provider, wallet=actuators.wallet)
+    done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb", clock=lambda: later(601), enabled=True,
+                              registry=ops.registry, actuators=gone,
+                              fleet=BusyThenIdleFleet(calls, busy_reads=10 ** 6))
+    assert done.outcome == "rolled_back"
+    # Already gone: nothing to wait for (the fleet is not even read), released at once.
+    assert calls[1:] == [("drain", "scale-1-0"), ("release", "alloc-1")]
 
 
 def test_a_quarantine_is_rolled_back_only_by_an_operators_signed_go_ahead(engine, ops) -> None:
@@ -446,7 +536,7 @@ def test_a_quarantine_is_rolled_back_only_by_an_operators_signed_go_ahead(engine
 
     def rollback_with(signed, when):  # noqa: ANN001, ANN202
         return gated.run_rollback(engine, gate["gate_id"], signed, run_id="rb", clock=lambda: when, enabled=True,
-                                  registry=ops.registry, actuators=actuators)
+                                  registry=ops.registry, actuators=actuators, fleet=StaticFleet(fleet()))
 
     with pytest.raises(Refused) as unsigned:
         rollback_with(None, later(5))

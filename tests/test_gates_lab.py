@@ -1,11 +1,15 @@
 """Gated actions against the lab, over the real contracts (docs/contracts.md): router quarantine and
-its operator rollback, the provider's scale-out and its automatic scale-in, the wallet."""
+its operator rollback, the provider's scale-out and its automatic scale-in (which drains before it releases,
+so a user's request in flight there completes), the wallet."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from gate_fixtures import SCALE_OUT, open_gate, operators, wallet_spend
 
@@ -68,7 +72,7 @@ def test_an_approved_quarantine_takes_the_replica_out_and_its_rollback_restores_
     done = gated.run_rollback(engine, gate["gate_id"], ops.sign(gate, operator="bob", decision="rollback",
                                                                  issued_at=now),
                               run_id="rb-1", clock=lambda: datetime.now(UTC), enabled=True, registry=ops.registry,
-                              actuators=hands)
+                              actuators=hands, fleet=source)
     assert (done.outcome, done.detail) == ("rolled_back", "replica-01 is admitted")
     assert routing(source) == {"replica-00": "admitted", "replica-01": "admitted", "replica-02": "admitted"}
     assert receipts.rollback_for(engine, gate["gate_id"])["state"] == "done"
@@ -86,9 +90,63 @@ def test_an_approved_scale_out_joins_the_fleet_and_its_scale_in_releases_it(engi
     due = rollback["due_at"] + timedelta(seconds=1)
     assert [r["gate_id"] for r in gated.due_rollbacks(engine, due)] == [gate["gate_id"]]
     done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb-1", clock=lambda: due, enabled=True,
-                              registry=ops.registry, actuators=hands)
+                              registry=ops.registry, actuators=hands, fleet=source)
     assert (done.outcome, done.detail) == ("rolled_back", "allocation alloc-001 is released")
     assert set(routing(source)) == {"replica-00", "replica-01", "replica-02"}
+    assert lab.provider.allocations["alloc-001"].state == "released"
+
+
+def stream_completion(gateway_url: str, model: str, max_tokens: int, out: dict) -> None:
+    """One external streaming chat completion through the gateway; what the client saw lands in `out`."""
+    body = {"model": model, "messages": [{"role": "user", "content": "write a long answer"}], "stream": True,
+            "max_tokens": max_tokens, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    events = []
+    out["done"] = False
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=60.0,
+                      headers={"X-Demand-Kind": "external"}) as response:
+        out["status"] = response.status_code
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                out["done"] = True
+            elif line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    out["errors"] = [e for e in events if "error" in e]
+    out["finish_reasons"] = [c["finish_reason"] for e in events for c in e.get("choices", []) if c.get("finish_reason")]
+    out["usage"] = next((e["usage"] for e in events if e.get("usage")), None)
+
+
+def test_a_request_in_flight_on_a_replica_being_scaled_in_completes(engine, lab, tmp_path) -> None:
+    ops = operators(tmp_path)
+    gate, result, source, hands = approve_and_dispatch(engine, ops, lab, SCALE_OUT)
+    assert result.outcome == "succeeded"
+
+    def replica(rid: str):  # noqa: ANN202
+        return next((r for r in source.snapshot(datetime.now(UTC)).replicas if r.replica_id == rid), None)
+
+    assert wait_for(lambda: (r := replica("scale-001-0")) is not None and r.ready)
+    # Only the new replica in rotation for a moment, so the gateway sends a user's long answer there.
+    old = ["replica-00", "replica-01", "replica-02"]
+    for rid in old:
+        hands.router.drain(rid)
+    seen: dict = {}
+    user = threading.Thread(target=stream_completion, args=(lab.gateway_url, lab.config.model, 800, seen))
+    user.start()
+    assert wait_for(lambda: replica("scale-001-0").external_inflight == 1)
+    for rid in old:
+        hands.router.admit(rid)
+
+    due = receipts.rollback_for(engine, gate["gate_id"])["due_at"] + timedelta(seconds=1)
+    started = time.monotonic()
+    done = gated.run_rollback(engine, gate["gate_id"], None, run_id="rb-1", clock=lambda: due, enabled=True,
+                              registry=ops.registry, actuators=hands, fleet=source)
+    waited = time.monotonic() - started
+    user.join(30)
+    assert (done.outcome, done.detail) == ("rolled_back", "allocation alloc-001 is released")
+    # The user's answer came back whole: 200, every token, a normal finish, no error event.
+    assert (seen["status"], seen["errors"], seen["finish_reasons"], seen["done"]) == (200, [], ["length"], True)
+    assert seen["usage"]["completion_tokens"] == 800
+    assert waited > 0.5  # the release waited for it
+    assert set(routing(source)) == set(old)
     assert lab.provider.allocations["alloc-001"].state == "released"
 
 

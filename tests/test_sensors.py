@@ -1,5 +1,6 @@
 """The `autonomous_dispatch` sensor, evaluated with Dagster's test helpers against a real instance:
-one run request per queued action, nothing while the tick schedule is stopped or the kill switch is off."""
+one run request per queued action, nothing while the tick schedule is stopped or the kill switch is off,
+and an action whose run ended before claiming it failed (`run_never_started`), not stranded `queued`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dispatch_fixtures import queue
+from dispatch_fixtures import outcomes, queue, run_for
 
 from overseer_dagster import dispatch
 from overseer_dagster.defs.resources import FleetResource, StoreResource
 from overseer_dagster.defs.sensors import DISPATCH_INTERVAL_S, autonomous_dispatch
-from overseer_dagster.store import actions, write_tx
+from overseer_dagster.store import actions, journal, write_tx
 
 
 @contextlib.contextmanager
@@ -116,3 +117,40 @@ def test_an_expired_claim_with_an_unreadable_fleet_never_crashes_the_sensor(engi
     assert [r.tags["overseer/action_id"] for r in requests] == [fresh]
     row = actions.get(engine, stuck)
     assert (row["status"], row["outcome_reason"]) == ("failed", "lease_expired")
+
+
+@pytest.mark.parametrize("ended", ["failed", "canceled"])
+def test_an_action_whose_run_ended_before_claiming_it_fails_and_is_not_launched_again(engine, resources,
+                                                                                      ended) -> None:
+    stranded = queue(engine, {"kind": "stop_stress"}, now=_now() - timedelta(seconds=40))
+    on_its_way = queue(engine, {"kind": "stop_stress"}, now=_now() - timedelta(seconds=30))
+    with dg.instance_for_test() as instance, schedule_state(instance, running=True):
+        first = {r.tags["overseer/action_id"]: r for r in evaluate(instance, resources).run_requests}
+        # The daemon creates both runs; one ends before it ever ran (its run worker never launched).
+        assert run_for(instance, first[stranded], ended=ended).status in (dg.DagsterRunStatus.FAILURE,
+                                                                          dg.DagsterRunStatus.CANCELED)
+        run_for(instance, first[on_its_way], ended=None)
+        fresh = queue(engine, {"kind": "stop_stress"}, now=_now())
+        requests = evaluate(instance, resources).run_requests
+        # Not asked again under its spent run key (Dagster would skip it): failed, once, for good.
+        assert [r.tags["overseer/action_id"] for r in requests] == [on_its_way, fresh]
+        assert not any(r.tags["overseer/action_id"] == stranded for r in evaluate(instance, resources).run_requests)
+    row = actions.get(engine, stranded)
+    assert (row["status"], row["outcome_reason"]) == ("failed", "run_never_started")
+    assert outcomes(engine, stranded) == [("failed", "run_never_started")]
+    assert actions.get(engine, on_its_way)["status"] == "queued"
+    assert journal.verify(engine).ok
+
+
+def test_dagsters_runs_are_read_only_for_actions_queued_a_while_ago(engine, resources, monkeypatch) -> None:
+    queue(engine, {"kind": "stop_stress"}, now=_now())
+    with dg.instance_for_test() as instance, schedule_state(instance, running=True):
+        reads: list = []
+        get_runs = instance.get_runs
+        monkeypatch.setattr(instance, "get_runs", lambda *a, **k: reads.append(k) or get_runs(*a, **k))
+        assert len(evaluate(instance, resources).run_requests) == 1
+        assert reads == []
+        queue(engine, {"kind": "stop_stress"},
+              now=_now() - timedelta(seconds=dispatch.RUN_CHECK_AFTER_S + 1))
+        assert len(evaluate(instance, resources).run_requests) == 2
+        assert len(reads) == 1

@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from overseer_dagster import approvals, gated, settings
+from overseer_dagster import approvals, dispatch, gated, settings
 from overseer_dagster.approvals import SignedDecision
 from overseer_dagster.core.approval import HASH_PREFIX, Decision, Refused
 from overseer_dagster.core.redact import redact
 from overseer_dagster.defs import public
 from overseer_dagster.defs.actions import dispatch_action
 from overseer_dagster.defs.resources import ActuatorsResource, FleetResource, StoreResource
-from overseer_dagster.defs.sensors import DISPATCH_INTERVAL_S
+from overseer_dagster.defs.sensors import ACTION_TAG, DISPATCH_INTERVAL_S, GATE_TAG, all_ended, dispatch_runs
 from overseer_dagster.receipts import load_registry
 
 APPROVALS_GROUP = "overseer_approvals"
@@ -106,10 +106,10 @@ class RollbackConfig(dg.Config):
     note: str = ""
 
 
-@dg.op(out=dg.Out(dg.Nothing), description="Undo an executed gate (re-admit a quarantined replica, release "
-       "scaled-out capacity), once.")
+@dg.op(out=dg.Out(dg.Nothing), description="Undo an executed gate (re-admit a quarantined replica; drain "
+       "scaled-out capacity, then release it), once.")
 def run_rollback(context: dg.OpExecutionContext, config: RollbackConfig, store: StoreResource,
-                 actuators: ActuatorsResource):
+                 fleet: FleetResource, actuators: ActuatorsResource):
     engine = store.engine()
     signed = None
     if config.operator or config.signature or config.issued_at:
@@ -119,7 +119,8 @@ def run_rollback(context: dg.OpExecutionContext, config: RollbackConfig, store: 
     hands = gated.actuators_from_settings(actuators.build(engine, cadence_s=cadence_s).router)
     try:
         done = gated.run_rollback(engine, config.gate_id, signed, run_id=context.run_id, clock=_now,
-                                  enabled=settings.enabled(), registry=load_registry(), actuators=hands)
+                                  enabled=settings.enabled(), registry=load_registry(), actuators=hands,
+                                  fleet=fleet)
     except Refused as exc:
         raise _refused(context, "rollback", config.gate_id, exc) from None
     values = {"gate_id": done.gate_id, "outcome": done.outcome, "operator": done.operator,
@@ -165,7 +166,8 @@ def _gates_report(engine, now: datetime, cursor: str | None) -> tuple[list, str]
     job=dispatch_action,
     minimum_interval_seconds=DISPATCH_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Expire due gates; launch one dispatch_action run per effective gate (run key gated:<gate_id>). "
+    description="Expire due gates; launch one dispatch_action run per effective gate (run key gated:<gate_id>; "
+                "another, gated:<gate_id>:<n>, when one ended without claiming the action, up to 3 in all). "
                 "Runs while the tick schedule is stopped (an operator asked); OVERSEER_ENABLED off stops it.",
 )
 def approved_dispatch(context: dg.SensorEvaluationContext, store: StoreResource, fleet: FleetResource,
@@ -188,16 +190,38 @@ def approved_dispatch(context: dg.SensorEvaluationContext, store: StoreResource,
     for s in sweep.settled:
         public.log(context, "info", "{kind} {action_id}: {outcome} {reason}", kind=s.kind, action_id=s.action_id,
                    outcome=s.outcome, reason=s.reason)
+    keys = _run_keys(context.instance, sweep.launch, now)
+    for g in sweep.launch:
+        if keys[g.gate_id] is None:
+            public.log(context, "warning", "gate {gate_id}: {count} runs ended without claiming its action; not "
+                       "launched again (the approval stays unused until the gate expires)", gate_id=g.gate_id,
+                       count=gated.GATED_RUNS)
     requests = [
         dg.RunRequest(
-            run_key=f"gated:{g.gate_id}",
+            run_key=keys[g.gate_id],
             run_config=dg.RunConfig(ops={"execute_action": {"config": {"action_id": g.action_id}}}),
-            tags={"overseer/action_id": g.action_id, "overseer/kind": g.kind, "overseer/gate_id": g.gate_id},
+            tags={ACTION_TAG: g.action_id, "overseer/kind": g.kind, GATE_TAG: g.gate_id},
         )
-        for g in sweep.launch
+        for g in sweep.launch if keys[g.gate_id]
     ]
-    return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "no effective gates",
+    return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "no effective gates to launch",
                            asset_events=events, cursor=cursor)
+
+
+def _run_keys(instance: dg.DagsterInstance, launch: list[gated.Launch], now: datetime) -> dict[str, str | None]:
+    """Each effective gate's next run key: `gated:<gate_id>`, a new one when every earlier run ended without
+    claiming its action (Dagster would skip a spent key, leaving the approval unused), None past
+    `gated.GATED_RUNS`. Runs are looked up only for gates approved over a few seconds ago: a fresh approval
+    has none yet. A run still on its way keeps its key (Dagster skips the repeat)."""
+    settled = [g.gate_id for g in launch
+               if g.approved_at is None or (now - g.approved_at).total_seconds() >= dispatch.RUN_CHECK_AFTER_S]
+    runs = dispatch_runs(instance, GATE_TAG, settled)
+    keys: dict[str, str | None] = {}
+    for g in launch:
+        statuses = runs.get(g.gate_id, [])
+        ended = len(statuses) if all_ended(statuses) else max(0, len(statuses) - 1)
+        keys[g.gate_id] = gated.run_key(g.gate_id, ended)
+    return keys
 
 
 @dg.sensor(
