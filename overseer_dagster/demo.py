@@ -9,16 +9,27 @@ Gates: a DEMO operator key pair and registry are generated at every start under
 OVERSEER_HOME/demo/operator (never committed: OVERSEER_HOME is ignored), plus a key that is not
 registered. One lab replica flaps early on; the rule policy then proposes quarantining it, which
 opens a gate; the demo prints the exact `overseer approve` command for it (and a wrong-key one).
+
+The walkthrough (`TIMELINE`, times from the moment the lab is ready; the lab's scenario plays it):
+the flapping replica (quarantine gate); an external traffic spike (stress yields); a replica killed for
+90 s that recovers by itself (the gateway's breaker drains it, it comes back healthy but draining, the
+overseer re-admits it once: one `readmit_replica`, one `dispatch_action` run); and a gateway outage
+longer than three cadences (the fleet signal goes stale, the report says "unverified" for ready
+replicas and throughput; the gateway comes back on the same port and the next ticks clear it). The
+banner prints the timeline and where to look; the loop prints a line as each event starts and ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import signal
 import sys
+import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from overseer_dagster.deploy import Deployment, DeployError, Service, console_script, spawn
@@ -26,13 +37,90 @@ from overseer_dagster.receipts import add_to_registry, generate_key, registry_en
 from overseer_dagster.store import connect, overseer_home
 
 READY = "lab ready "
+REPLICAS = 4
+CADENCE_S = 60  # the tick schedule's cadence (every minute)
 # External traffic: a low base with a spike a few minutes in, so stress visibly yields and returns.
-TRAFFIC = "step_spike:base=1.5,peak=12,at_s=180,hold_s=60"
+SPIKE_AT_S, SPIKE_HOLD_S = 180, 60
+TRAFFIC = f"step_spike:base=1.5,peak=12,at_s={SPIKE_AT_S},hold_s={SPIKE_HOLD_S}"
 # One replica flaps early: enough breaker trips (3 in 30 minutes) for the rule policy to propose its quarantine.
 FLAPPING = "replica-03"
-SCENARIO = {"name": "a flapping replica (the demo's quarantine gate)",
-            "faults": [{"at_s": 20, "replica": FLAPPING, "kind": "flap", "period_s": 5, "duration_s": 40}]}
+FLAP_AT_S, FLAP_FOR_S = 20, 40
+# One replica dies and comes back by itself: drained by the breaker, then re-admitted once by the overseer.
+KILLED = "replica-01"
+KILL_AT_S, KILL_FOR_S = 300, 90
+# The gateway goes away for longer than three cadences: the fleet signal goes stale, then clears.
+OUTAGE_AT_S, OUTAGE_FOR_S = 540, 240
+WALKTHROUGH_END_S = 900
+SCENARIO = {
+    "name": "the demo walkthrough: a flapping replica (quarantine gate), a killed replica (drain and "
+            "re-admission), a gateway outage (a stale fleet signal)",
+    "faults": [
+        {"at_s": FLAP_AT_S, "replica": FLAPPING, "kind": "flap", "period_s": 5, "duration_s": FLAP_FOR_S},
+        {"at_s": KILL_AT_S, "replica": KILLED, "kind": "kill", "duration_s": KILL_FOR_S},
+    ],
+    "gateway": [{"at_s": OUTAGE_AT_S, "kind": "outage", "duration_s": OUTAGE_FOR_S}],
+}
 DEMO_OPERATOR = "demo-operator"
+
+
+@dataclass(frozen=True)
+class Event:
+    at_s: float
+    text: str
+
+
+TIMELINE = (
+    Event(FLAP_AT_S, f"{FLAPPING} starts flapping (dead/alive every 5 s for {FLAP_FOR_S} s): the gateway's breaker "
+                     "trips; in a few ticks its quarantine waits for your approval (the command is printed here)"),
+    Event(FLAP_AT_S + FLAP_FOR_S, f"{FLAPPING} stops flapping"),
+    Event(SPIKE_AT_S, f"external traffic spikes (1.5 -> 12 requests/s for {SPIKE_HOLD_S} s): stress yields its slots"),
+    Event(SPIKE_AT_S + SPIKE_HOLD_S, "the spike is over: stress climbs back"),
+    Event(KILL_AT_S, f"{KILLED} is killed for {KILL_FOR_S} s: the breaker drains it within seconds "
+                     "(`overseer health`: draining; the fleet_health asset's report and fleet_draining)"),
+    Event(KILL_AT_S + KILL_FOR_S, f"{KILLED} is back: healthy but still draining until admitted; the next tick "
+                                  "proposes readmit_replica and autonomous_dispatch runs ONE dispatch_action "
+                                  "(`overseer audit tail`: queued, dispatching, succeeded; the UI's Runs)"),
+    Event(OUTAGE_AT_S, f"the lab's gateway goes down for {OUTAGE_FOR_S} s (/fleet/state, /v1 and the router admin "
+                       "refuse connections; the replicas keep running): the next tick finds the fleet unreachable, "
+                       "the fleet signal goes stale and the report says unverified for ready replicas and "
+                       "throughput (`overseer health`, fleet_health); stress stops on its stale view"),
+    Event(OUTAGE_AT_S + OUTAGE_FOR_S, "the gateway is back on the same port, routing state intact: the next ticks "
+                                      "read the fleet again and the report states its figures (`overseer health`)"),
+    Event(WALKTHROUGH_END_S, "the scripted walkthrough is over; the overseer keeps running until Ctrl-C"),
+)
+
+
+def _clock(at_s: float) -> str:
+    return f"{int(at_s) // 60:2d}:{int(at_s) % 60:02d}"
+
+
+def due_events(elapsed_s: float, announced: set[int]) -> list[Event]:
+    """The timeline's events whose time has come and that were not announced yet (marked announced)."""
+    due = [i for i, e in enumerate(TIMELINE) if e.at_s <= elapsed_s and i not in announced]
+    announced.update(due)
+    return [TIMELINE[i] for i in due]
+
+
+def _fault_commands(gateway: str) -> list[str]:
+    kill = json.dumps({"kind": "kill", "duration_s": KILL_FOR_S})
+    outage = json.dumps({"kind": "outage", "duration_s": OUTAGE_FOR_S})
+    return [f"overseer lab fault replica-02 {shlex.quote(kill)} --gateway {gateway}",
+            f"overseer lab fault gateway {shlex.quote(outage)} --gateway {gateway}"]
+
+
+def _banner_timeline(gateway: str) -> str:
+    lines = ["  timeline          (mm:ss from the lab's start; a line is printed here as each event happens)"]
+    for e in TIMELINE:
+        lines += textwrap.wrap(e.text, width=108, initial_indent=f"    {_clock(e.at_s)}  ", subsequent_indent=" " * 11)
+    lines += [
+        "  where to look     `overseer audit tail` (the journal: decisions, dispatches, outcomes), `overseer health`",
+        "                    (signals and the public report), the UI's fleet_health asset (report, plots, the",
+        "                    overclaim_blocked check) and the runs of dispatch_action (one per executed action)",
+        "  by hand           " + _fault_commands(gateway)[0],
+        "                    " + _fault_commands(gateway)[1],
+        "                    (an outage needs duration_s: the lab's control API is on the gateway's port)",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _demo_operator(root: Path) -> tuple[Path, Path, Path]:
@@ -82,6 +170,11 @@ def _announce_gates(seen: set[str], *, key: Path, wrong: Path, dagster_url: str)
         )
 
 
+def _announce_events(started: float, announced: set[int]) -> None:
+    for event in due_events(time.monotonic() - started, announced):
+        print(f"[{_clock(event.at_s)}] {event.text}", flush=True)
+
+
 def _wait_for_ready_line(lab: Service, timeout_s: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -106,11 +199,12 @@ def main(args: argparse.Namespace) -> int:
     scenario = root / "scenario.json"
     scenario.write_text(json.dumps(SCENARIO))
     try:
-        lab = spawn("lab", [overseer, "lab", "up", "--replicas", "4", "--slots", "8", "--singleflight",
+        lab = spawn("lab", [overseer, "lab", "up", "--replicas", str(REPLICAS), "--slots", "8", "--singleflight",
                             "--traffic", TRAFFIC, "--scenario", str(scenario)],
                     env=dagster.process_env, log_dir=logs, cwd=root)
         services.append(lab)
         ready = _wait_for_ready_line(lab)
+        started = time.monotonic()  # the scenario's and the traffic's time zero (within a poll of the ready line)
         gateway = ready["gateway"]
         ready_file = root / "lab-ready.json"
         ready_file.write_text(json.dumps(ready))
@@ -137,14 +231,17 @@ def main(args: argparse.Namespace) -> int:
             f"  logs              {logs}\n"
             f"  try               overseer audit tail | overseer gates | overseer health\n"
             f"  demo operator     {DEMO_OPERATOR}, key {key} (a DEMO key, made at this start)\n"
-            f"  gates             {FLAPPING} flaps from 20 s on; in a few ticks its quarantine waits for your\n"
-            f"                    approval, and the exact `overseer approve` command is printed here.\n"
+            f"  gates             {FLAPPING} flaps from {FLAP_AT_S} s on; in a few ticks its quarantine waits for\n"
+            f"                    your approval, and the exact `overseer approve` command is printed here.\n"
+            f"{_banner_timeline(gateway)}"
             f"Ctrl-C stops everything the demo started.\n",
             flush=True,
         )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         announced: set[str] = set()
+        events: set[int] = set()
         while all(s.alive() for s in services + dagster.services):
+            _announce_events(started, events)
             _announce_gates(announced, key=key, wrong=wrong_key, dagster_url=dagster.webserver_url)
             time.sleep(2)
         dead = [s.name for s in services + dagster.services if not s.alive()]

@@ -81,6 +81,29 @@ def test_a_stale_fleet_reading_also_makes_its_telemetry_stale_and_blocks_both_cl
     assert {c.name for c in snap.claims if not c.stated} == DEPENDENT[SignalKind.fleet] | DEPENDENT[SignalKind.throughput]
 
 
+def test_a_reading_the_source_could_not_renew_is_stale_at_once_and_fleet_stale_once_past_the_window() -> None:
+    from overseer_dagster.core import projection
+
+    problem = "fleet_unreachable: the fleet state endpoint is unreachable (ConnectError)"
+    recent = snapshot(fleet=fleet(observed=NOW - timedelta(seconds=50)), fleet_problem=problem)
+    sig = recent.signal(SignalKind.fleet)
+    assert sig.state is SignalState.stale and sig.reasons == ("fleet_unreachable",)
+    assert sig.observed_at == NOW - timedelta(seconds=50) and sig.values["age_s"] == 50  # how old the view is
+    assert recent.signal(SignalKind.throughput).state is SignalState.stale  # its telemetry came with it
+    unverified = {c.name for c in recent.claims if not c.stated}
+    assert unverified == DEPENDENT[SignalKind.fleet] | DEPENDENT[SignalKind.throughput]
+    markdown, doc = projection.public_report(recent)
+    assert "| Ready replicas | unverified | fleet:stale, fleet_unreachable |" in markdown
+    assert "| Throughput | unverified |" in markdown and "Replica list withheld" in markdown
+    assert doc["status"] == "unverified" and doc["replicas"] == []
+
+    old = snapshot(fleet=fleet(observed=OLD), fleet_problem=problem).signal(SignalKind.fleet)
+    assert old.state is SignalState.stale and old.reasons[:2] == ("fleet_stale", "fleet_unreachable")
+    # With no reading on record it stays unavailable, as before.
+    none = snapshot(fleet=None, fleet_problem=problem).signal(SignalKind.fleet)
+    assert none.state is SignalState.unavailable and none.reasons == ("fleet_unreachable",)
+
+
 def test_the_claims_table_is_the_documented_one() -> None:
     assert CLAIMS == {
         ClaimName.ready_replicas: (SignalKind.fleet,),
@@ -264,6 +287,24 @@ def test_snapshot_from_store_reads_the_last_tick_and_goes_stale_when_the_loop_st
     assert {SignalKind.fleet, SignalKind.demand, SignalKind.overseer_loop, SignalKind.mind,
             SignalKind.stress} <= not_fresh
     assert not any(c.stated for c in later.claims)
+
+
+def test_when_the_source_fails_the_store_gives_the_last_fleet_a_tick_read_to_age(engine) -> None:  # noqa: ANN001
+    first = fleet(observed=NOW - timedelta(seconds=20))
+    _tick(engine, RuleMind(), fleet_snapshot=first)
+    for minutes in (1, 2):  # two ticks that found the source down
+        run_tick(engine, now=NOW + timedelta(minutes=minutes), settings=TickSettings(), enabled=True,
+                 mode="autonomous", fleet=None, fleet_problem="fleet_unreachable: no answer", demand=None,
+                 stress=StressStatus(), mind=RuleMind())
+    assert store_health.last_fleet_reading(engine) == first
+
+    snap = store_health.snapshot_from_store(engine, NOW + timedelta(minutes=2, seconds=5), T)  # `overseer health`
+    sig = snap.signal(SignalKind.fleet)
+    assert sig.state is SignalState.stale and sig.reasons == ("fleet_unreachable",)
+    assert sig.observed_at == first.observed_at
+    later = store_health.snapshot_from_store(engine, NOW + timedelta(minutes=4), T)
+    assert later.signal(SignalKind.fleet).reasons[:2] == ("fleet_stale", "fleet_unreachable")
+    assert not any(c.stated for c in later.claims if c.name is ClaimName.ready_replicas)
 
 
 def test_snapshot_from_an_empty_store_is_all_unverified(engine) -> None:  # noqa: ANN001

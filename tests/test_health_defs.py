@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from overseer_dagster.core.health import SignalKind, SignalState
 from overseer_dagster.definitions import defs
 from overseer_dagster.defs.io import PrivateValueIOManager
 from overseer_dagster.defs.resources import StoreResource
@@ -112,3 +113,91 @@ def test_a_missing_value_fails_without_naming_a_path(tmp_path: Path) -> None:
     assert not result.success
     assert "no stored value for upstream" in text
     assert str(tmp_path) not in text
+
+
+@pytest.mark.lab
+def test_a_gateway_outage_turns_the_fleet_signal_stale_and_the_report_unverified_until_it_is_restored(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real tick job against the lab's gateway (`snapshot:` source), one-second cadence: fresh within 3 s."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from overseer_dagster.defs.resources import FleetResource
+    from overseer_dagster.lab.ledger import store_sink
+    from overseer_dagster.lab.runtime import BackgroundLab, fast_lab_config
+    from overseer_dagster.settings import health_thresholds
+    from overseer_dagster.store.health import snapshot_from_store
+
+    monkeypatch.setenv("OVERSEER_CADENCE_S", "1")
+    background = BackgroundLab(fast_lab_config(2, slots=4), ledger_sink=store_sink(store_url))
+    with background as lab, dg.instance_for_test() as instance:
+        resources = {"store": StoreResource(database_url=store_url),
+                     "fleet": FleetResource(source=f"snapshot:{lab.gateway_url}/fleet/state")}
+
+        def traffic() -> None:
+            """External streams through the gateway, at once so both replicas serve some: ledger rows, and ITL
+            telemetry from every ready replica."""
+            async def burst() -> None:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    await asyncio.gather(*(client.post(
+                        lab.gateway_url + "/v1/chat/completions", headers={"X-Demand-Kind": "external"},
+                        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True})
+                        for _ in range(6)))
+
+            asyncio.run(burst())
+            time.sleep(0.1)  # the lab's ledger flushes every 50 ms
+
+        def tick() -> tuple[dict, str]:
+            result = defs.resolve_job_def("overseer_tick").execute_in_process(instance=instance, resources=resources)
+            [event] = [e for e in result.get_asset_materialization_events()
+                       if e.asset_key == dg.AssetKey("fleet_health")]
+            metadata = event.materialization.metadata
+            return metadata["document"].value, metadata["report"].value
+
+        def signal(doc: dict, kind: str) -> dict:
+            return next(s for s in doc["signals"] if s["kind"] == kind)
+
+        def claim(doc: dict, name: str) -> dict:
+            return next(c for c in doc["claims"] if c["name"] == name)
+
+        traffic()
+        doc, report = tick()
+        assert signal(doc, "fleet")["state"] == "fresh" and signal(doc, "throughput")["state"] == "fresh"
+        assert (claim(doc, "ready_replicas")["stated"], claim(doc, "ready_replicas")["value"]) == (True, 2)
+        assert claim(doc, "throughput")["stated"], claim(doc, "throughput")
+        last_seen = signal(doc, "fleet")["observed_at"]
+
+        background.call(lab.gateway_outage(60))
+        doc, report = tick()
+        fleet = signal(doc, "fleet")
+        assert fleet["state"] == "stale" and "fleet_unreachable" in fleet["reasons"]
+        assert fleet["observed_at"] == last_seen  # the last reading, aged: not forgotten, not renewed
+        age = fleet["values"]["age_s"]
+        if abs(age - 3) > 0.01:  # `fleet_stale` only once the reading is over three cadences old
+            assert ("fleet_stale" in fleet["reasons"]) == (age > 3)
+        assert doc["status"] == "unverified" and doc["overclaim_blocked"]
+        for name in ("ready_replicas", "throughput"):
+            assert not claim(doc, name)["stated"] and claim(doc, name)["value"] is None
+        assert "throughput:stale" in claim(doc, "throughput")["reasons"]
+        assert "| Ready replicas | unverified | fleet:stale" in report and "| Throughput | unverified |" in report
+
+        deadline = datetime.fromisoformat(str(last_seen)) + timedelta(seconds=3.2)
+        time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+        doc, report = tick()
+        fleet = signal(doc, "fleet")
+        assert fleet["state"] == "stale" and fleet["values"]["age_s"] > 3
+        assert {"fleet_stale", "fleet_unreachable"} <= set(fleet["reasons"])
+        assert "| Ready replicas | unverified |" in report
+        # `overseer health` reads the same from the store alone.
+        from_store = snapshot_from_store(connect(store_url), datetime.now(UTC), health_thresholds())
+        assert from_store.signal(SignalKind.fleet).state is SignalState.stale
+
+        background.call(lab.restore_gateway())
+        traffic()
+        doc, report = tick()
+        assert signal(doc, "fleet")["state"] == "fresh" and signal(doc, "fleet")["observed_at"] != last_seen
+        assert claim(doc, "ready_replicas")["stated"] and claim(doc, "ready_replicas")["value"] == 2
+        assert claim(doc, "throughput")["stated"]
+        assert "| Ready replicas | 2 replicas | verified |" in report

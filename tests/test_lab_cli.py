@@ -98,3 +98,64 @@ def test_bench_lab_reports_rates_and_cpu() -> None:
     assert 0.8 < result["ratio"] < 1.2
     text = format_result(result)
     assert "configured token rate" in text and "achieved token rate" in text and "CPU" in text
+
+
+# -- `overseer lab fault` ---------------------------------------------------------------------------------------
+
+
+def _fault(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from overseer_dagster.cli import main as overseer
+
+    code = overseer(["lab", "fault", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_lab_fault_kills_a_replica_and_takes_the_gateway_down_in_a_running_lab(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from overseer_dagster.lab.runtime import BackgroundLab, fast_lab_config
+
+    with BackgroundLab(fast_lab_config(2, slots=2)) as lab:
+        gateway = lab.gateway_url
+        code, out, err = _fault(capsys, "replica-01", '{"kind": "kill", "duration_s": 0.5}', "--gateway", gateway)
+        assert code == 0 and err == ""
+        printed = json.loads(out)
+        assert printed["applied"] == {"kind": "kill", "duration_s": 0.5} and printed["state"]["killed"] is True
+
+        code, out, err = _fault(capsys, "gateway", '{"kind": "outage", "duration_s": 1.0}', "--gateway", gateway)
+        assert code == 0 and json.loads(out)["applied"] == {"kind": "outage", "duration_s": 1.0}
+        deadline = time.monotonic() + 2
+        while not lab.gateway_down and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(gateway + "/fleet/state", timeout=2)
+        # While the gateway is down the lab cannot be reached: said so, exit 1.
+        code, out, err = _fault(capsys, "replica-00", '{"kind": "slow", "factor": 2}', "--gateway", gateway)
+        assert code == 1 and out == "" and "did not answer" in err and "outage" in err
+
+        deadline = time.monotonic() + 5
+        while lab.gateway_down and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(gateway + "/fleet/state", timeout=2).status_code == 200
+        assert not lab.replicas["replica-01"].killed  # its own duration ran out too
+
+        # Refused by the lab (an unknown replica): named, exit 2.
+        code, out, err = _fault(capsys, "replica-09", '{"kind": "kill"}', "--gateway", gateway)
+        assert code == 2 and out == "" and "'replica-09' is not a replica of this lab" in err
+
+
+@pytest.mark.parametrize("target, fault, message", [
+    ("replica-01", '{"kind": "kill", "duration_s": 90', "lab fault: replica-01: not JSON: "),
+    ("replica-01", '{"kind": "explode"}',
+     "lab fault: replica-01: kind: 'explode' is not one of kill, hang, slow, error_burst, flap, engine_dead, recover"),
+    ("gateway", '{"kind": "outage"}', "lab fault: gateway: duration_s: required"),
+    ("gateway", '{"kind": "kill", "duration_s": 30}', "lab fault: gateway: kind: 'kill' is a replica fault"),
+])
+def test_lab_fault_refuses_bad_json_and_unknown_kinds_before_sending_anything(
+        capsys: pytest.CaptureFixture[str], target: str, fault: str, message: str) -> None:
+    # A port nothing listens on: a fault that got this far would fail with exit 1, not 2.
+    code, out, err = _fault(capsys, target, fault, "--gateway", "http://127.0.0.1:9")
+    assert code == 2 and out == ""
+    assert err.startswith(message), err

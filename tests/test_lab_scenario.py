@@ -47,6 +47,20 @@ def run(coro: Awaitable[Any], timeout: float = 25.0) -> Any:
     ({"traffic": [{"duration_s": 5, "profile": {"kind": "steady", "rate": 1}, "demand_kind": "vip"}]},
      "scenario.json: traffic[0].demand_kind: Input should be"),
     ({"fautls": []}, "scenario.json: fautls: Extra inputs are not permitted"),
+    ({"gateway": [{"at_s": 540, "kind": "outage"}]}, "scenario.json: gateway[0].duration_s: Field required"),
+    ({"gateway": [{"at_s": 540, "kind": "outage", "duration_s": 0}]},
+     "scenario.json: gateway[0].duration_s: Input should be greater than 0"),
+    ({"gateway": [{"at_s": 540, "kind": "kill", "duration_s": 240}]},
+     "scenario.json: gateway[0].kind: 'kill' is not one of outage"),
+    ({"gateway": [{"at_s": 540, "duration_s": 240}]}, "scenario.json: gateway[0].kind: kind is required"),
+    ({"gateway": [{"at_s": -5, "kind": "outage", "duration_s": 240}]},
+     "scenario.json: gateway[0].at_s: Input should be greater than or equal to 0"),
+    ({"gateway": [{"at_s": 5, "kind": "outage", "duration_s": 24, "replica": "replica-00"}]},
+     "scenario.json: gateway[0].replica: Extra inputs are not permitted"),
+    ({"faults": [{"at_s": 5, "replica": "gateway", "kind": "kill", "duration_s": 24}]},
+     'scenario.json: faults[0].replica: the gateway is not a replica: its outage goes in the "gateway" list'),
+    ({"faults": [{"at_s": 5, "replica": "replica-00", "kind": "outage", "duration_s": 24}]},
+     "scenario.json: faults[0].kind: 'outage' is not one of kill, hang"),
 ])
 def test_bad_scenario_is_refused_naming_the_field(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(ScenarioError) as err:
@@ -151,6 +165,35 @@ def test_scenario_runs_faults_and_traffic() -> None:
     assert len(summaries) == 1 and summaries[0]["sent"] > 5 and summaries[0]["ok"] > 0
     # New requests go around the killed replica; only streams cut mid-way by the kill may fail, and say so.
     assert set(summaries[0]["failures_by_reason"]) <= {"upstream_error"}
+
+
+def test_scenario_takes_the_gateway_down_and_it_comes_back_by_itself(tmp_path: Path) -> None:
+    path = tmp_path / "outage.json"
+    path.write_text(json.dumps({
+        "faults": [{"at_s": 0.1, "replica": "replica-01", "kind": "kill", "duration_s": 0.3}],
+        "gateway": [{"at_s": 0.2, "kind": "outage", "duration_s": 0.6}],
+    }))
+    scenario = load_scenario(path)
+    scenario.check_replicas(["replica-00", "replica-01"], source=path.name)  # the gateway is no replica to check
+    assert scenario.gateway[0].duration_s == 0.6 and scenario.end_s == 0.8
+
+    async def go() -> list[tuple[float, bool, bool]]:
+        async with Lab(fast_lab_config(2, slots=2)) as lab:
+            seen: list[tuple[float, bool, bool]] = []
+            t0 = asyncio.get_running_loop().time()
+            runner = asyncio.create_task(run_scenario(lab, scenario))
+            while asyncio.get_running_loop().time() - t0 < 1.2:
+                seen.append((asyncio.get_running_loop().time() - t0, lab.gateway_down,
+                             lab.replicas["replica-01"].killed))
+                await asyncio.sleep(0.02)
+            await runner
+            return seen
+
+    seen = run(go())
+    down = [t for t, gateway_down, _ in seen if gateway_down]
+    assert down and 0.15 < down[0] < 0.35 and 0.7 < down[-1] < 0.95  # down from 0.2 s for 0.6 s
+    assert not seen[-1][1] and not seen[-1][2]  # both back by themselves
+    assert any(killed for _, _, killed in seen)
 
 
 def test_ledger_buffer_batches_off_loop_and_survives_a_failing_sink() -> None:

@@ -139,7 +139,8 @@ def test_planted_secrets_reach_no_public_surface(store_url: str, tmp_path: Path,
     assert _meta(results[1], "fleet_state")["fleet_problem"] == "fleet_snapshot_invalid"
     document = _meta(results[1], "fleet_health")["document"]
     fleet = next(s for s in document["signals"] if s["kind"] == "fleet")
-    assert (fleet["state"], fleet["reasons"]) == ("unavailable", ["fleet_snapshot_invalid"])
+    # The previous tick's reading, aged and not renewed: stale, the source's code first; no replica line shown.
+    assert (fleet["state"], fleet["reasons"][0]) == ("stale", "fleet_snapshot_invalid")
     assert document["replicas"] == [] and document["overclaim_blocked"] is True
 
     # The mind's unavailability text became a code.

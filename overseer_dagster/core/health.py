@@ -173,6 +173,9 @@ class StoreReadings:
 
 @dataclass(frozen=True, slots=True)
 class HealthInputs:
+    """`fleet` with no `fleet_problem`: this tick's reading. Both: the source failed now (`fleet_problem`) and
+    `fleet` is the last reading it gave, kept only to say how old the view is. `fleet` None: none at all."""
+
     fleet: FleetSnapshot | None
     fleet_problem: str | None
     demand: DemandSummary | None
@@ -285,11 +288,16 @@ def _aged(problems: list[tuple[SignalState, str]], age: float | None, limit: flo
 
 
 def fleet_signal(fleet: FleetSnapshot | None, problem: str | None, now: datetime, t: Thresholds) -> Signal:
+    """Routing state. A source that fails with an earlier reading on record leaves the signal `stale` at once
+    (the source's code, e.g. `fleet_unreachable`), and `fleet_stale` too once that reading is older than the
+    freshness window: never `fresh` on a reading the source could not renew; `unavailable` with none at all."""
     if fleet is None:
         return _signal(SignalKind.fleet, None, {}, [(SignalState.unavailable, reason_code(problem, "fleet_unavailable"))])
     problems: list[tuple[SignalState, str]] = []
     age = _age(now, fleet.observed_at)
     _aged(problems, age, t.fresh_s, "fleet_stale", t)
+    if problem is not None:
+        problems.append((SignalState.stale, reason_code(problem, "fleet_unavailable")))
     unknown = [r for r in fleet.replicas if r.health is Health.unknown]
     stale_replicas = sum(1 for r in fleet.replicas if (now - r.observed_at).total_seconds() > t.fresh_s)
     if unknown:
@@ -330,13 +338,16 @@ def demand_signal(demand: DemandSummary | None, now: datetime, t: Thresholds) ->
     return _signal(SignalKind.demand, demand.observed_at, values, problems)
 
 
-def throughput_signal(fleet: FleetSnapshot | None, now: datetime, t: Thresholds) -> Signal:
-    """Engine telemetry (latency percentiles) of the ready, warm replicas that should be reporting it."""
+def throughput_signal(fleet: FleetSnapshot | None, now: datetime, t: Thresholds, problem: str | None = None) -> Signal:
+    """Engine telemetry (latency percentiles) of the ready, warm replicas that should be reporting it; as stale as
+    the fleet reading it came with when the source could not renew it (`problem`)."""
     if fleet is None:
         return _signal(SignalKind.throughput, None, {}, [(SignalState.unavailable, "telemetry_unavailable")])
     expected = [r for r in fleet.replicas if r.ready and r.warm]
     reporting = [r for r in expected if r.itl_p90_s is not None]
     problems: list[tuple[SignalState, str]] = []
+    if problem is not None:
+        problems.append((SignalState.stale, reason_code(problem, "fleet_unavailable")))
     if not expected:
         problems.append((SignalState.unavailable, "no_ready_replicas"))
     elif not reporting:
@@ -474,7 +485,7 @@ def build(inputs: HealthInputs, *, now: datetime, thresholds: Thresholds) -> Hea
     signals = (
         fleet_signal(inputs.fleet, inputs.fleet_problem, now, t),
         demand_signal(inputs.demand, now, t),
-        throughput_signal(inputs.fleet, now, t),
+        throughput_signal(inputs.fleet, now, t, inputs.fleet_problem),
         stress_signal(inputs.stress, now, t),
         loop_signal(inputs.store.loop, now, t),
         mind_signal(inputs.store.loop, now, t),

@@ -50,9 +50,13 @@ def fleet_health(
     # User goodput as `fleet_throughput` read it, over the same window: not a second scan of the ledger.
     goodput = sum(fleet_throughput.get(f"goodput_{k.value}", 0.0) for k in USER_DEMAND)
     engine = store.engine()
+    fleet = fleet_state.snapshot
+    if fleet is None and fleet_state.problem:
+        # The source failed: the last reading a tick made, so the signal says how old the view is (stale).
+        fleet = store_health.last_fleet_reading(engine)
     snapshot = health.build(
         health.HealthInputs(
-            fleet=fleet_state.snapshot,
+            fleet=fleet,
             fleet_problem=fleet_state.problem,
             demand=external_demand,
             stress=targets.status(engine, now),

@@ -7,6 +7,12 @@ Standalone:
 `lab up` runs the whole lab in the foreground on loopback ports; once every server answers it prints exactly one
 line to stdout, `lab ready {"gateway": URL, "replicas": {replica_id: URL}}`, then runs until SIGINT/SIGTERM and
 stops cleanly (exit 0). Logs go to stderr. A bad scenario, profile or database is refused before start (exit 2).
+
+`lab fault TARGET FAULT_JSON --gateway URL` gives a running lab a fault through its control API: TARGET is a
+replica id (`{"kind": "kill", "duration_s": 90}`, kinds in `lab/faults.py`) or `gateway`
+(`{"kind": "outage", "duration_s": 240}`: the gateway's port closes, then re-binds by itself). It prints what the
+lab applied (exit 0); a fault that is not JSON or not valid for the target, or an unknown replica, exits 2 naming
+the problem; a lab it cannot reach (not up, or its gateway in an outage) exits 1.
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ def add_lab_commands(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--auto-readmit", action="store_true",
                     help="a replica the health breaker drained returns to rotation once healthy")
     up.set_defaults(handler=_lab_up, func=_lab_up)
+    fault = lab_sub.add_parser(
+        "fault", help="give a running lab a fault: a replica (kill, hang, slow, ...) or the gateway (outage)",
+        description="TARGET is a replica id or `gateway`. Examples: "
+                    "replica-01 '{\"kind\": \"kill\", \"duration_s\": 90}'; "
+                    "gateway '{\"kind\": \"outage\", \"duration_s\": 240}' (duration_s required: the control "
+                    "API lives on the gateway's port, so the lab restores it by itself).")
+    fault.add_argument("target", metavar="TARGET", help="a replica id (replica-01) or `gateway`")
+    fault.add_argument("fault", metavar="FAULT_JSON", help='e.g. \'{"kind": "kill", "duration_s": 90}\'')
+    fault.add_argument("--gateway", required=True, metavar="URL",
+                       help="the lab's gateway (the `gateway` of its `lab ready` line)")
+    fault.set_defaults(handler=_lab_fault, func=_lab_fault)
     return lab
 
 
@@ -143,6 +160,46 @@ async def _serve(args: argparse.Namespace, scenario: Any, profile: Any, sink: An
         await asyncio.gather(*tasks, return_exceptions=True)
         await lab.stop()
     return 0
+
+
+def _lab_fault(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    import httpx
+
+    from overseer_dagster.lab.faults import GATEWAY, FaultError, parse_fault
+
+    target = args.target
+    try:
+        fault = parse_fault(target, args.fault)  # refused here, before anything reaches the lab
+    except FaultError as exc:
+        print(f"lab fault: {target}: {exc}", file=sys.stderr)
+        return 2
+    base = args.gateway.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        print(f"lab fault: --gateway must be an http(s) URL, got {args.gateway!r}", file=sys.stderr)
+        return 2
+    path = "/lab/gateway/faults" if target == GATEWAY else f"/lab/replicas/{quote(target, safe='')}/faults"
+    try:
+        resp = httpx.post(base + path, json=fault.model_dump(mode="json"), timeout=10.0)
+    except httpx.HTTPError as exc:
+        print(f"lab fault: the lab at {base} did not answer ({type(exc).__name__}): is it up, and its gateway "
+              "not in an outage?", file=sys.stderr)
+        return 1
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.status_code == 200 and isinstance(body, dict):
+        print(json.dumps(body), flush=True)
+        return 0
+    error = body.get("error") if isinstance(body, dict) else None
+    if resp.status_code == 404 and isinstance(error, dict) and error.get("type") == "unknown_replica":
+        print(f"lab fault: {target!r} is not a replica of this lab (nor `{GATEWAY}`)", file=sys.stderr)
+        return 2
+    message = body.get("message") if isinstance(body, dict) else None
+    print(f"lab fault: the lab refused it (HTTP {resp.status_code}): {message or resp.text[:300]}", file=sys.stderr)
+    return 2 if 400 <= resp.status_code < 500 else 1
 
 
 def _bench_lab(args: argparse.Namespace) -> int:

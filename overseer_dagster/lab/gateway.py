@@ -14,6 +14,9 @@
   queue plus its share (rounded up) of the user requests waiting in the gateway's FIFO for any routable replica. Admin: `POST /fleet/replicas/{id}/admit|drain|
   quarantine` (idempotent; returns the replica's state; 404 `unknown_replica`).
 - Ledger: one `UsageRecord` per request served or failed (not for its own probes), through `on_record`.
+- Outage (`take_down` / `bring_up`, the lab's `outage` fault): the port closes and every open connection is reset
+  (requests in flight are recorded failed, `gateway_down`); probes, polls and routing state carry on inside, and
+  `bring_up` re-binds the same port.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ class Gateway:
         self._waiters: deque[_Waiter] = deque()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.down = False  # in an outage: the port is closed, the state lives on
 
     @property
     def url(self) -> str:
@@ -146,6 +150,21 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def take_down(self) -> None:
+        """An outage: close the port and reset every connection (handlers in flight are cancelled)."""
+        if self.down:
+            return
+        self.down = True
+        await self.listener.stop()
+
+    async def bring_up(self) -> None:
+        """End an outage: re-bind the same port; routing state, breakers and latency windows are as they were."""
+        if not self.down:
+            return
+        await self.listener.start()
+        self.down = False
+        self._dispatch()
 
     async def add_upstream(self, replica_id: str, url: str) -> Upstream:
         """A replica joins (the lab provider's scale-out): learn its capacity and health, then probe it."""
@@ -316,7 +335,9 @@ class Gateway:
             served.reason = fail.reason
             return json_response(openai_error(str(fail), type_=fail.reason, status=503), status=503)
         except (asyncio.CancelledError, _ClientGone) as exc:
-            if kind == DemandKind.internal_stress:  # stress cancelled to yield its slot
+            if self.down:  # the gateway's own outage cut it
+                served.reason = "gateway_down"
+            elif kind == DemandKind.internal_stress:  # stress cancelled to yield its slot
                 served.outcome, served.reason = Outcome.preempted, None
             else:
                 served.reason = "client_disconnect"

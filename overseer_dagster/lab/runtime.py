@@ -5,12 +5,16 @@
 
 `BackgroundLab` runs one on its own loop in a thread (for synchronous callers such as pytest fixtures).
 Lab-only control on the gateway's port: `POST /lab/replicas/{id}/faults` (a fault JSON, see `faults`) and
-`GET /lab/replicas/{id}/state`, which work even while that replica is killed.
+`GET /lab/replicas/{id}/state`, which work even while that replica is killed; `POST /lab/gateway/faults`
+(`{"kind": "outage", "duration_s": S}`: answered first, then the port closes for S seconds and re-binds by
+itself, since nothing could reach the lab to end it). In process: `apply_fault("gateway", ...)`,
+`gateway_outage(S)` and `restore_gateway()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -18,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from overseer_dagster.lab.engine import EngineConfig
-from overseer_dagster.lab.faults import FAULT_ADAPTER, Fault
+from overseer_dagster.lab.faults import FAULT_ADAPTER, GATEWAY, Fault, FaultError, Outage, parse_fault
 from overseer_dagster.lab.gateway import Gateway, GatewayConfig
 from overseer_dagster.lab.ledger import LedgerBuffer, Sink
 from overseer_dagster.lab.provider import LabProvider
@@ -32,6 +35,7 @@ from overseer_dagster.lab.wallet import LabWallet
 from overseer_dagster.lab.wire import vllm_error
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def replica_ids(n: int) -> list[str]:
@@ -71,6 +75,9 @@ class Lab:
         # The provider and wallet contracts (docs/contracts.md), served on the gateway's port.
         self.provider = LabProvider(self)
         self.wallet = LabWallet()
+        self._outage: asyncio.Task[None] | None = None  # the countdown of a gateway outage
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     @property
     def gateway_url(self) -> str:
@@ -101,6 +108,12 @@ class Lab:
             raise
 
     async def stop(self) -> None:
+        self._stopping = True  # no outage countdown may re-bind the gateway from here
+        pending = [*self._tasks, *([self._outage] if self._outage else [])]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._outage = None
         await self.provider.stop()
         if self.gateway is not None:
             await self.gateway.stop()
@@ -114,10 +127,57 @@ class Lab:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def apply_fault(self, replica_id: str, fault: Fault | dict[str, Any]) -> None:
+    async def apply_fault(self, target: str, fault: Fault | Outage | dict[str, Any]) -> None:
+        """A fault for a replica (by id) or for the gateway (`"gateway"`, an `Outage`)."""
+        if target == GATEWAY:
+            outage = parse_fault(GATEWAY, fault) if isinstance(fault, dict) else fault
+            if not isinstance(outage, Outage):
+                raise FaultError(f"the gateway takes an outage, not {outage.kind}")
+            await self.gateway_outage(outage.duration_s)
+            return
         if isinstance(fault, dict):
             fault = FAULT_ADAPTER.validate_python(fault)
-        await self.replicas[replica_id].apply_fault(fault)
+        if isinstance(fault, Outage):
+            raise FaultError(f"an outage is the gateway's fault, not {target}'s")
+        await self.replicas[target].apply_fault(fault)
+
+    # -- the gateway's outage -------------------------------------------------------------------------------
+
+    async def gateway_outage(self, duration_s: float) -> None:
+        """Close the gateway's port for `duration_s` (another outage while down restarts the countdown)."""
+        gateway = self.gateway
+        assert gateway is not None, "lab not started"
+        if self._stopping:
+            return
+        if self._outage is not None:
+            self._outage.cancel()
+        await gateway.take_down()
+        log.warning("lab: gateway outage: port %d closed for %gs; the replicas keep running",
+                    gateway.listener.port, duration_s)
+        self._outage = asyncio.get_running_loop().create_task(self._end_outage_after(duration_s))
+
+    async def _end_outage_after(self, duration_s: float) -> None:
+        await asyncio.sleep(duration_s)
+        await self.restore_gateway()
+
+    async def restore_gateway(self) -> None:
+        """End an outage now: the gateway re-binds its port (retried each second while the port is taken)."""
+        timer, self._outage = self._outage, None
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        gateway = self.gateway
+        while gateway is not None and gateway.down and not self._stopping:
+            try:
+                await gateway.bring_up()
+            except OSError as exc:
+                log.warning("lab: gateway port %d not bindable yet (%s); retrying", gateway.listener.port, exc)
+                await asyncio.sleep(1.0)
+            else:
+                log.warning("lab: gateway back on port %d", gateway.listener.port)
+
+    @property
+    def gateway_down(self) -> bool:
+        return self.gateway is not None and self.gateway.down
 
     # -- lab control on the gateway's port ------------------------------------------------------------------
 
@@ -126,6 +186,7 @@ class Lab:
         self.wallet.routes(app)
         app.router.add_post("/lab/replicas/{replica_id}/faults", self._post_fault)
         app.router.add_get("/lab/replicas/{replica_id}/state", self._get_state)
+        app.router.add_post("/lab/gateway/faults", self._post_gateway_fault)
 
     async def _post_fault(self, request: web.Request) -> web.Response:
         replica = self.replicas.get(request.match_info["replica_id"])
@@ -133,11 +194,26 @@ class Lab:
             return json_response({"error": {"type": "unknown_replica",
                                             "replica_id": request.match_info["replica_id"]}}, 404)
         try:
-            fault = FAULT_ADAPTER.validate_json(await request.read())
-        except ValidationError as exc:
+            fault = parse_fault(replica.replica_id, await request.read())
+        except FaultError as exc:
             return json_response(vllm_error(str(exc)), 400)
-        await replica.apply_fault(fault)
+        await replica.apply_fault(fault)  # type: ignore[arg-type]  # parse_fault gives a replica fault here
         return json_response({"applied": fault.model_dump(mode="json"), "state": replica.state()})
+
+    async def _post_gateway_fault(self, request: web.Request) -> web.StreamResponse:
+        try:
+            outage = parse_fault(GATEWAY, await request.read())
+        except FaultError as exc:
+            return json_response(vllm_error(str(exc)), 400)
+        # The outage drops every connection, this one included: answer first, then apply.
+        port = self.gateway.listener.port if self.gateway is not None else None
+        resp = json_response({"applied": outage.model_dump(mode="json"), "port": port})
+        await resp.prepare(request)
+        await resp.write_eof()
+        task = asyncio.get_running_loop().create_task(self.gateway_outage(outage.duration_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return resp
 
     async def _get_state(self, request: web.Request) -> web.Response:
         replica = self.replicas.get(request.match_info["replica_id"])

@@ -11,6 +11,9 @@ A JSON object; times are seconds from the moment the lab is ready:
         {"at_s": 25, "replica": "replica-03", "kind": "error_burst", "count": 5, "mode": "5xx"},
         {"at_s": 30, "replica": "replica-00", "kind": "flap", "period_s": 2, "duration_s": 12}
       ],
+      "gateway": [
+        {"at_s": 60, "kind": "outage", "duration_s": 30}
+      ],
       "traffic": [
         {"at_s": 0, "duration_s": 60, "profile": {"kind": "steady", "rate": 2}},
         {"at_s": 10, "duration_s": 40, "demand_kind": "unlabeled", "seed": 7,
@@ -22,6 +25,10 @@ A JSON object; times are seconds from the moment the lab is ready:
     }
 
 Fault entries: `at_s`, `replica` and one fault object's fields (kinds and fields: `overseer_dagster.lab.faults`).
+Gateway entries: `at_s`, `"kind": "outage"` and `duration_s` (required): the gateway's port refuses connections
+for that long (`/v1`, `/fleet/state`, the router admin, the lab's control endpoints), the replicas keep running,
+then it re-binds the same port with its routing state. The gateway is not a replica: `"replica": "gateway"` in
+`faults` is refused, pointing here.
 Traffic entries: `at_s`, `profile` (`steady` rate / `step_spike` base, peak, at_s, hold_s / `sine` mean,
 amplitude, period_s / `trace` path: a `t_s,rate` CSV relative to the scenario file), `duration_s` (required
 except for a trace), optional `demand_kind` (default external), `seed`, `prompt_tokens`, `max_tokens`
@@ -35,12 +42,12 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from overseer_dagster.core.demand import DemandKind
-from overseer_dagster.lab.faults import FAULT_KINDS, Fault
+from overseer_dagster.lab.faults import FAULT_KINDS, GATEWAY, GATEWAY_FAULT_KINDS, Fault
 from overseer_dagster.lab.profiles import Profile, Sizes, Trace
 from overseer_dagster.lab.traffic import ClientPool, TrafficGenerator
 
@@ -71,6 +78,22 @@ class ScheduledFault(_Model):
             return {**{k: data[k] for k in ("at_s", "replica") if k in data}, "fault": rest}
         return data
 
+    @field_validator("replica")
+    @classmethod
+    def _not_the_gateway(cls, replica: str) -> str:
+        if replica == GATEWAY:
+            raise ValueError('the gateway is not a replica: its outage goes in the "gateway" list, '
+                             '{"at_s": T, "kind": "outage", "duration_s": S}')
+        return replica
+
+
+class ScheduledOutage(_Model):
+    """The gateway's outage: its port closed for `duration_s`, then re-bound (see `faults.Outage`)."""
+
+    at_s: float = Field(ge=0)
+    kind: Literal["outage"]
+    duration_s: float = Field(gt=0)
+
 
 class TrafficPhase(_Model):
     at_s: float = Field(default=0.0, ge=0)
@@ -91,6 +114,7 @@ class TrafficPhase(_Model):
 class Scenario(_Model):
     name: str | None = None
     faults: tuple[ScheduledFault, ...] = ()
+    gateway: tuple[ScheduledOutage, ...] = ()
     traffic: tuple[TrafficPhase, ...] = ()
 
     def check_replicas(self, replica_ids: list[str], source: str = "scenario") -> None:
@@ -103,6 +127,7 @@ class Scenario(_Model):
     @property
     def end_s(self) -> float:
         ends = [f.at_s for f in self.faults]
+        ends += [g.at_s + g.duration_s for g in self.gateway]
         for phase in self.traffic:
             length = phase.duration_s if phase.duration_s is not None else phase.profile.end_s
             ends.append(phase.at_s + (length or 0.0))
@@ -137,6 +162,9 @@ def _describe(source: str, exc: ValidationError) -> str:
         elif err["type"] == "union_tag_not_found":
             path = f"{path}.kind" if path else "kind"
             msg = "kind is required"
+        elif err["loc"][:1] == ("gateway",) and err["loc"][-1] == "kind":
+            msg = ("kind is required" if err["type"] == "missing"
+                   else f"{err['input']!r} is not one of {', '.join(GATEWAY_FAULT_KINDS)}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: {path or '(top level)'}: {msg}")
@@ -185,6 +213,11 @@ async def run_scenario(lab: Any, scenario: Scenario) -> list[dict[str, Any]]:
         log.info("scenario t=%.1fs: %s %s", loop.time() - t0, item.replica, item.fault.kind)
         await lab.apply_fault(item.replica, item.fault)
 
+    async def outage_at(item: ScheduledOutage) -> None:
+        await asyncio.sleep(max(0.0, t0 + item.at_s - loop.time()))
+        log.info("scenario t=%.1fs: gateway outage for %gs", loop.time() - t0, item.duration_s)
+        await lab.gateway_outage(item.duration_s)
+
     async def phase_at(phase: TrafficPhase, clients: ClientPool) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, t0 + phase.at_s - loop.time()))
         gen = TrafficGenerator(lab.gateway_url, phase.profile, duration_s=phase.duration_s, seed=phase.seed,
@@ -196,5 +229,6 @@ async def run_scenario(lab: Any, scenario: Scenario) -> list[dict[str, Any]]:
 
     async with ClientPool() as clients:
         results = await asyncio.gather(*(fault_at(f) for f in scenario.faults),
+                                       *(outage_at(g) for g in scenario.gateway),
                                        *(phase_at(p, clients) for p in scenario.traffic))
     return [r for r in results if r is not None]

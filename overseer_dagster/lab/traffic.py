@@ -1,8 +1,9 @@
 """Traffic generator: open-loop arrivals through the gateway following a demand profile (`profiles`).
 
 Arrivals are a non-homogeneous Poisson process (thinning against the profile's peak) from a seeded RNG; each
-request streams through httpx and its outcome, TTFT, ITL and end-to-end latency are recorded. `run_closed_loop`
-keeps a fixed number of streams in flight instead (benchmarks).
+request streams through httpx and its outcome, TTFT, ITL and end-to-end latency are recorded. A request that
+cannot connect (the gateway in an outage) is recorded failed at once, `connect_error`, and arrivals carry on at
+the profile's rate. `run_closed_loop` keeps a fixed number of streams in flight instead (benchmarks).
 """
 
 from __future__ import annotations
@@ -220,6 +221,9 @@ async def stream_request(client: httpx.AsyncClient, url: str, body: dict[str, An
                     stats.feed(data, loop.time())
     except TimeoutError:
         result.reason = "client_timeout"
+        return result
+    except httpx.ConnectError:  # nothing listening (the gateway in an outage): failed at once, not retried
+        result.reason = "connect_error"
         return result
     except httpx.HTTPError as exc:
         result.reason = type(exc).__name__

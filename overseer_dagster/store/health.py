@@ -2,7 +2,9 @@
 
 Each is one small query; `readings` gathers them for one snapshot. `snapshot_from_store` builds a
 whole snapshot from the store alone (the last tick's context for the fleet and demand), for the
-CLI and anyone else outside a tick run. `save_report` keeps the latest public report as a file.
+CLI and anyone else outside a tick run. `last_fleet_reading` is the newest fleet a tick saw: when
+the source fails, health ages that reading (stale) rather than forget it. `save_report` keeps the
+latest public report as a file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import Engine, func, select
 from overseer_dagster.core import health
 from overseer_dagster.core.context import TickContext
 from overseer_dagster.core.demand import USER_DEMAND
+from overseer_dagster.core.fleet import FleetSnapshot
 from overseer_dagster.store import ledger, targets
 from overseer_dagster.store.db import overseer_home
 from overseer_dagster.store.tables import actions, decisions, gates, ticks
@@ -124,12 +127,31 @@ def last_context(engine: Engine) -> TickContext | None:
     return None if raw is None else TickContext.model_validate_json(raw)
 
 
+# A tick context's canonical JSON (sorted keys, no spaces) holds `"fleet":{` when that tick read a fleet and
+# `"fleet":null` when its source failed; inside a string the quotes would be escaped.
+_HAS_FLEET = '%"fleet":{%'
+
+
+def last_fleet_reading(engine: Engine) -> FleetSnapshot | None:
+    """The newest fleet snapshot a tick read (private): what health ages while the source fails."""
+    with engine.connect() as conn:
+        raw = conn.execute(
+            select(ticks.c.context_json).where(ticks.c.context_json.like(_HAS_FLEET))
+            .order_by(ticks.c.started_at.desc()).limit(1)
+        ).scalar()
+    return None if raw is None else TickContext.model_validate_json(raw).fleet
+
+
 def snapshot_from_store(engine: Engine, now: datetime, thresholds: health.Thresholds) -> health.HealthSnapshot:
-    """The snapshot as the store alone can vouch for it: the fleet and demand as the last tick saw them."""
+    """The snapshot as the store alone can vouch for it: the fleet and demand as the last tick saw them (and,
+    when its fleet source failed, the fleet of the last tick that read one, aged)."""
     ctx = last_context(engine)
     demand = ctx.demand if ctx else None
+    fleet = ctx.fleet if ctx else None
+    if ctx is not None and fleet is None and ctx.fleet_problem:
+        fleet = last_fleet_reading(engine)
     inputs = health.HealthInputs(
-        fleet=ctx.fleet if ctx else None,
+        fleet=fleet,
         fleet_problem=(ctx.fleet_problem if ctx else None) or (None if ctx else "no_tick"),
         demand=demand,
         stress=targets.status(engine, now),
