@@ -186,7 +186,7 @@ def _act(action: Action, action_id: str, act: Actuators, now: datetime) -> tuple
             done = act.warm.warm(action.replica_id, action.requests)
             return f"{done} warm-up completions on {action.replica_id}", None
         case EmitReport():
-            summary = act.reports.emit(action_id=action_id, topic=action.topic, summary=action.summary, now=now)
+            summary = act.reports.emit(action_id=action_id, topic=action.topic, now=now)  # the verified report
             return f"{action.topic} report stored", {"topic": action.topic, "summary": summary}
         case _:
             return "nothing to do", None

@@ -294,7 +294,7 @@ def test_scale_without_a_target_holds_for_three_cadences(engine) -> None:
     assert _targets(engine) == {None: (5, NOW + timedelta(seconds=180))}
 
 
-def test_a_report_is_stored_public_safe_and_materialized(engine, store_url, monkeypatch) -> None:
+def test_a_report_publishes_the_verified_health_report_not_the_minds_summary(engine, store_url, monkeypatch) -> None:
     import dagster as dg
 
     from overseer_dagster.definitions import defs
@@ -312,8 +312,12 @@ def test_a_report_is_stored_public_safe_and_materialized(engine, store_url, monk
     assert result.success
     [mat] = result.asset_materializations_for_node("execute_action")
     assert mat.asset_key == dg.AssetKey("fleet_reports")
-    assert mat.metadata["summary"].value == "3 of 4 replicas ready."
-    assert reports.for_action(engine, action_id)["summary"] == "3 of 4 replicas ready."
+    # What is published is the health report the store can vouch for, never the mind's own prose: with no
+    # tick recorded, every figure is unverified.
+    published = mat.metadata["summary"].value
+    assert published.startswith("Report topic: capacity") and "unverified" in published
+    assert "3 of 4 replicas ready." not in published
+    assert reports.for_action(engine, action_id)["summary"] == published
     assert actions.get(engine, action_id)["status"] == "succeeded"
 
 

@@ -23,8 +23,12 @@ import httpx
 from sqlalchemy import Engine
 
 from overseer_dagster.core.fleet import ReplicaState
+from overseer_dagster.core.health import Thresholds
+from overseer_dagster.core.projection import emit_report_text
 from overseer_dagster.core.redact import redact
+from overseer_dagster.settings import health_thresholds
 from overseer_dagster.store import reports, targets, write_tx
+from overseer_dagster.store.health import snapshot_from_store
 
 # Timeouts, chosen so one action always acts well within its dispatch lease (dispatch.ACT_BUDGET_S).
 ROUTER_TIMEOUT_S = 5.0
@@ -276,19 +280,25 @@ class UnconfiguredRouter:
 
 
 class ReportSink(Protocol):
-    def emit(self, *, action_id: str, topic: str, summary: str, now: datetime) -> str:
-        """Store the report; returns the public-safe summary as stored."""
+    def emit(self, *, action_id: str, topic: str, now: datetime) -> str:
+        """Publish a report on `topic`; returns the public text as stored."""
         ...
 
 
 class StoreReportSink:
-    """The `reports` table. Idempotent per action; the summary is scrubbed before it is stored."""
+    """The `reports` table. Idempotent per action.
 
-    def __init__(self, engine: Engine) -> None:
+    What it publishes is the health report as the store can vouch for it now (`core.projection.
+    emit_report_text`): the mind chose the topic and the moment, never the words. Its own summary is
+    free text that may state figures no fresh signal backs; it stays in the action's private JSON.
+    """
+
+    def __init__(self, engine: Engine, thresholds: Thresholds | None = None) -> None:
         self.engine = engine
+        self.thresholds = thresholds or health_thresholds()
 
-    def emit(self, *, action_id: str, topic: str, summary: str, now: datetime) -> str:
-        public = redact(summary)
+    def emit(self, *, action_id: str, topic: str, now: datetime) -> str:
+        public = emit_report_text(topic, snapshot_from_store(self.engine, now, self.thresholds)).value
         with write_tx(self.engine) as conn:
             reports.write(conn, topic=topic, summary=public, now=now, action_id=action_id)
         return public
