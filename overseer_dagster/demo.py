@@ -187,6 +187,13 @@ def _wait_for_ready_line(lab: Service, timeout_s: float = 60.0) -> dict:
     raise DeployError(f"the lab was not ready after {timeout_s:.0f} s:\n{lab.log_tail()}")
 
 
+def deployment(root: Path) -> Deployment:
+    """Dagster's processes for the demo. Every process the demo starts runs in `root`, so each is told
+    OVERSEER_HOME outright: they share the store `overseer audit tail` and `overseer health` read, rather
+    than each defaulting to a `.overseer` of its own working directory."""
+    return Deployment(root, env={"OVERSEER_HOME": str(overseer_home())})
+
+
 def main(args: argparse.Namespace) -> int:
     root = overseer_home() / "demo"
     logs = root / "logs"
@@ -194,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
     connect()  # migrate the store once, before several processes open it
     overseer = console_script("overseer")
     services: list[Service] = []
-    dagster = Deployment(root, env={})
+    dagster = deployment(root)
     key, wrong_key, registry = _demo_operator(root)
     scenario = root / "scenario.json"
     scenario.write_text(json.dumps(SCENARIO))

@@ -81,3 +81,14 @@ def test_the_printed_fault_commands_parse(command: int) -> None:
     assert argv[0] == "overseer"
     args = build_parser().parse_args(argv[1:])
     assert args.gateway == "http://127.0.0.1:41234" and json.loads(args.fault)["duration_s"] > 0
+
+
+def test_every_process_the_demo_starts_shares_the_store_the_cli_reads(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The demo's processes run in OVERSEER_HOME/demo: with OVERSEER_HOME unset they would each open a
+    `.overseer` store of their own there, and `overseer audit tail` would show nothing they did."""
+    from overseer_dagster.store import overseer_home
+
+    monkeypatch.delenv("OVERSEER_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = demo.deployment(overseer_home() / "demo").process_env
+    assert env["OVERSEER_HOME"] == str(tmp_path / ".overseer")
