@@ -21,17 +21,19 @@ does with it depends on timing):
   a few seconds;
 - Dagster: the daemon is killed (SIGKILL by its PID) in the middle of a dispatch (an action queued for
   the sensor, claimed, or its run in flight), then restarted;
+- the gateway restarts (the lab's `outage` fault, `POST /lab/gateway/faults`): its port closes for 3-8 s
+  (3-5 s in a short soak), so requests in flight fail (`gateway_down`) and new ones cannot connect, the
+  router admin, `/fleet/state` and the provider with them; then it re-binds the same port by itself, its
+  routing state intact. Once in a short soak, every 150-250 s in a longer one, never two at once, each
+  fired while a replica fault is under way (so no replica fault waits for it; after 20 s, anyway);
 - the operator: a gated scale-out is approved with a signed receipt, and the same approval is submitted
   twice (a double click); a replica the breaker took out of rotation and that stays healthy for 20 s is
   re-admitted through the router admin (the scripted mind's readmits are guesses), racing the overseer's.
 
-The lab cannot restart its gateway (the routing state and the traffic live in the same process), so no
-gateway restart is injected; replicas are killed and recovered through it instead (`gateway_restart`
-in the result says so).
-
 Then it checks, prints and returns: external failures (0, from the ledger; a stream cut by a replica the
-soak killed, hung or flapped mid-response is attributed to the injection, and a client that left while
-the soak stopped the lab to the teardown; every other failure counts), actions executed
+soak killed, hung or flapped mid-response is attributed to the injection, so is a request the gateway's
+restart cut (`gateway_down`) or refused (`connect_error`) within that restart's window, and a client that
+left while the soak stopped the lab to the teardown; every other failure counts), actions executed
 more than once (0: journal and actuator-side evidence), gated actions executed without an effective
 receipt (0), finished tick runs without a journal row (0), the audit chain verifies, and no planted
 secret on any public surface (every Dagster event of every run, run tags and config, compute logs and
@@ -87,6 +89,21 @@ SETTLE_SHORT_S = 15.0
 # Tick runs the soak keeps in flight at most (queued ones included): beyond it, a launch waits.
 MAX_TICKS_IN_FLIGHT = 3
 DRAIN_TIMEOUT_S = 150.0
+# Gateway restarts: how long its port stays closed (a short soak, then a longer one).
+GATEWAY_DOWN_S = (3.0, 8.0)
+GATEWAY_DOWN_SHORT_S = (3.0, 5.0)
+# A planned restart waits this long at most for a replica fault under way (the soak waits for that one to
+# clear anyway, so the restart delays no replica fault); then it goes anyway.
+GATEWAY_WAIT_FOR_REPLICA_FAULT_S = 20.0
+# Failures only a gateway outage produces: in flight when it closed (the lab gateway's reason), or refused
+# at connect (the lab traffic client's reason). Attributed to a restart the soak injected when the moment
+# the request failed falls within that restart's window, widened by GATEWAY_GRACE_S on each side.
+GATEWAY_CUT_REASONS = ("gateway_down", "connect_error")
+# The window is measured here (from before the fault request to the first answer after the re-bind), the
+# moment a request failed by the lab (wall clock at the request's start plus its loop-clock latency, read
+# when the cancelled handler finishes): 1 s covers that handler running late on a loaded event loop and the
+# clocks' granularity; outages are minutes apart, so it pulls in nothing else.
+GATEWAY_GRACE_S = 1.0
 
 
 # --- planted secrets -----------------------------------------------------------------------------
@@ -253,6 +270,25 @@ def infra_plan(rng: random.Random, window_s: float) -> list[tuple[float, str]]:
     return sorted(plan)
 
 
+def gateway_plan(rng: random.Random, window_s: float) -> list[tuple[float, float]]:
+    """(at_s, down_s) of the gateway restarts: one in a short soak (two minutes or less), one every 150-250 s
+    in a longer one, each planned to end 10 s before the window does (waiting for a replica fault under way
+    included: a restart with no room left is dropped when due)."""
+    short = window_s <= 120
+    lo, hi = GATEWAY_DOWN_SHORT_S if short else GATEWAY_DOWN_S
+    plan: list[tuple[float, float]] = []
+    at = window_s * rng.uniform(0.2, 0.4)
+    while True:
+        down = rng.uniform(lo, hi)
+        if at + down > window_s - 10:
+            break
+        plan.append((at, down))
+        if short:
+            break
+        at += rng.uniform(150, 250)
+    return plan
+
+
 # --- the soak ------------------------------------------------------------------------------------
 
 
@@ -296,7 +332,12 @@ class Soak:
         self.operator_readmits = 0
         self.draining_since: dict[str, float] = {}
         self.replica_busy_until = 0.0
+        # Set while a gateway restart is under way (from its fault request until the gateway answers again).
+        self.gateway_out = threading.Event()
+        self.gateway_thread: threading.Thread | None = None
+        self.gateway_back_at = -math.inf  # monotonic: when the last restart ended
         self.fleet: dict[str, dict] = {}
+        self.fleet_at = 0.0  # monotonic: when `fleet` was read
         self.seen_replicas: set[str] = set()
         self.replica_ids: list[str] = []
         self.threads: list[threading.Thread] = []
@@ -394,6 +435,8 @@ class Soak:
         self.chaos_started = _utcnow()
         self.chaos_ends = t0 + self.window_s
         infra = infra_plan(self.rng, self.window_s)
+        # Its own RNG from the seed: the other faults' plan for a seed is what it was before gateway restarts.
+        gateway = gateway_plan(random.Random(self.seed + 2), self.window_s)
         kinds = ["kill", "hang", "slow", "flap"]
         self.rng.shuffle(kinds)  # every kind once first, then at random
         short = self.window_s <= 120
@@ -415,13 +458,27 @@ class Soak:
                 else:
                     down = self.rng.uniform(2, 5)
                     self._spawn_thread(lambda down=down: self._daemon_kill(down))
-            if now >= next_replica_fault and time.monotonic() >= self.replica_busy_until:
+            # No replica fault while the gateway is down: its fault API is on the gateway's port, and the
+            # fleet view the safety rule reads is stale until read again once the gateway answers.
+            if (now >= next_replica_fault and time.monotonic() >= self.replica_busy_until
+                    and not self.gateway_out.is_set() and self.fleet_at > self.gateway_back_at):
                 kind = kinds.pop(0) if kinds else self.rng.choice(("kill", "hang", "slow", "flap"))
                 if self._replica_fault(replica_fault(self.rng, kind, short=short)):
                     next_replica_fault = now + (self.rng.uniform(1, 3) if short else self.rng.uniform(4, 10))
                 else:
                     kinds.insert(0, kind)  # no safe target now: try again shortly
                     next_replica_fault = now + 3
+            if gateway and now >= gateway[0][0] and not self.gateway_out.is_set():
+                at, down = gateway[0]
+                # Fired while a replica fault is under way with time to spare, so no replica fault waits for it.
+                under_way = time.monotonic() + down + 1 <= self.replica_busy_until
+                if under_way or now >= at + GATEWAY_WAIT_FOR_REPLICA_FAULT_S:
+                    gateway.pop(0)
+                    if now + down <= self.window_s - 10:
+                        self.gateway_out.set()
+                        self.gateway_thread = self._spawn_thread(lambda down=down: self._gateway_restart(down))
+                    else:
+                        self.notes.append(f"gateway restart planned at {at:.0f} s dropped: no room left at {now:.0f} s")
             self._operator()
             if now - last_report >= 30:
                 last_report = now
@@ -431,6 +488,8 @@ class Soak:
 
     def settle(self) -> None:
         """Faults off; keep ticking a little, then wait for every run and action to finish (bounded)."""
+        if self.gateway_thread is not None:  # the recoveries below go through the gateway's port
+            self.gateway_thread.join(timeout=60)
         for rid in self.replica_ids:
             self._post_fault(rid, {"kind": "recover"})
         for t in self.threads:
@@ -512,6 +571,7 @@ class Soak:
         except Exception:  # noqa: BLE001 - a slow gateway: keep the last view
             return
         self.fleet = {r["replica_id"]: r for r in state["replicas"]}
+        self.fleet_at = time.monotonic()
         self.seen_replicas.update(self.fleet)
         now = time.monotonic()
         for rid, r in self.fleet.items():
@@ -594,10 +654,11 @@ class Soak:
 
     # --- faults ---
 
-    def _spawn_thread(self, target: Callable[[], None]) -> None:
+    def _spawn_thread(self, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
         self.threads.append(thread)
+        return thread
 
     def _post_fault(self, rid: str, body: dict) -> bool:
         import httpx
@@ -670,6 +731,62 @@ class Soak:
         with self.faults_lock:
             self.faults.append(FaultRecord("daemon_kill", None, start, _utcnow(),
                                            {"mid_dispatch": mid_dispatch, "restarted": restarted}))
+
+    def _gateway_restart(self, down: float) -> None:
+        """The gateway restarts: its port closes for `down` s (requests in flight fail `gateway_down`, new ones
+        cannot connect), then it re-binds by itself, its routing state intact. The window recorded runs from
+        just before the fault request (the lab answers it, then closes) to the first answer after the re-bind."""
+        import httpx
+
+        start = _utcnow()
+        try:
+            try:
+                resp = httpx.post(f"{self.gateway}/lab/gateway/faults",
+                                  json={"kind": "outage", "duration_s": round(down, 1)}, timeout=10)
+            except httpx.ConnectError:
+                self.notes.append("gateway restart not injected: the gateway refused the connection")
+                return
+            except httpx.HTTPError:
+                resp = None  # no answer: it may have gone down all the same
+            if resp is not None and resp.status_code != 200:
+                self.notes.append(f"gateway restart refused by the lab: HTTP {resp.status_code}")
+                return
+            answered = time.monotonic()
+            went_down = self._await_gateway(up=False, within_s=5.0)
+            if resp is None and not went_down:
+                self.notes.append("gateway restart: the fault request got no answer and the gateway stayed up")
+                return
+            # It closes after answering and stays closed `down` s: no use asking before (a down unseen from
+            # here, on a slow machine, must not end the window early).
+            time.sleep(max(0.0, answered + down - 0.5 - time.monotonic()))
+            back = self._await_gateway(up=True, within_s=30.0)
+            end = _utcnow()
+            if not back:
+                self.notes.append(f"gateway not back {(end - start).total_seconds():.0f} s after a {down:.1f} s "
+                                  "outage" + (" (the soak was stopping)" if self.stopping.is_set() else ""))
+            with self.faults_lock:
+                self.faults.append(FaultRecord("gateway_restart", "gateway", start, end,
+                                               {"down_s": round(down, 1), "down_observed": went_down, "back": back}))
+        finally:
+            self.gateway_back_at = time.monotonic()
+            self.gateway_out.clear()
+
+    def _await_gateway(self, *, up: bool, within_s: float) -> bool:
+        """Whether the gateway answered `/health` (up) or refused the connection (down) within `within_s`."""
+        import httpx
+
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            try:
+                state = "up" if httpx.get(f"{self.gateway}/health", timeout=1.0).status_code == 200 else None
+            except httpx.ConnectError:
+                state = "down"
+            except httpx.HTTPError:
+                state = None  # reset or slow: neither yet
+            if state == ("up" if up else "down"):
+                return True
+            time.sleep(0.2)
+        return False
 
     def _check_alive(self) -> None:
         for s in self.services:
@@ -785,8 +902,14 @@ def _rows(engine: Any, table: Any, *where: Any) -> list[dict]:  # noqa: ANN401
 def check_external(engine: Any, since: datetime, faults: list[FaultRecord],  # noqa: ANN401
                    teardown_at: datetime | None = None) -> dict:
     """External and unlabeled requests that failed, from the ledger; a stream cut on a replica the soak
-    killed, hung or flapped at that moment is the injection's doing, and a client that left because the
-    soak was stopping the lab is the teardown's; every other failure counts."""
+    killed, hung or flapped at that moment is the injection's doing, so is a request the gateway's restart
+    cut or refused (`GATEWAY_CUT_REASONS`) at a moment within that restart's window (give or take
+    GATEWAY_GRACE_S), and a client that left because the soak was stopping the lab is the teardown's; every
+    other failure counts.
+
+    A row's `ts` is when the request started (the lab's gateway stamps its arrival) and `latency_s` how long
+    it lasted, so it failed at `ts + latency_s`: that moment, not the start, is what falls in a window.
+    """
     from overseer_dagster.store.tables import ledger
 
     rows = _rows(engine, ledger, ledger.c.ts >= since, ledger.c.demand_kind.in_(("external", "unlabeled")))
@@ -794,22 +917,26 @@ def check_external(engine: Any, since: datetime, faults: list[FaultRecord],  # n
     for f in faults:
         if f.target and f.kind.removeprefix("replica_") in CUTTING_FAULTS and f.end is not None:
             windows[f.target].append((f.start - timedelta(seconds=1), f.end + timedelta(seconds=3)))
+    grace = timedelta(seconds=GATEWAY_GRACE_S)
+    outages = [(f.start - grace, f.end + grace) for f in faults if f.kind == "gateway_restart" and f.end is not None]
     failed = [r for r in rows if r["outcome"] == "failed"]
-    injected, teardown, counted = [], [], []
+    injected, gateway, teardown, counted = [], [], [], []
     for r in failed:
         start = r["ts"]
         end = start + timedelta(seconds=r["latency_s"] or 0.0)
         cut = r["failure_reason"] == "upstream_error" and r["replica_id"] and any(
             s <= end and start <= e for s, e in windows.get(r["replica_id"], ()))
+        down = r["failure_reason"] in GATEWAY_CUT_REASONS and any(s <= end <= e for s, e in outages)
         left = (r["failure_reason"] == "client_disconnect" and teardown_at is not None
                 and end >= teardown_at - timedelta(seconds=1))
-        (injected if cut else teardown if left else counted).append(r)
+        (injected if cut else gateway if down else teardown if left else counted).append(r)
     return {
         "ok": not counted,
         "value": len(counted),
         "requests": len(rows),
         "failed_total": len(failed),
         "cut_by_injected_replica_death": len(injected),
+        "cut_by_injected_gateway_restart": len(gateway),
         "cut_by_teardown": len(teardown),
         "counted_by_reason": dict(Counter(r["failure_reason"] or "unknown" for r in counted)),
         **({"counted": [{"at_s": round((r["ts"] - since).total_seconds(), 1), "replica_id": r["replica_id"],
@@ -987,8 +1114,9 @@ def _fault_counts(soak: Soak) -> dict[str, Any]:
     counts["mind_garbage_with_secret"] = mind["garbage_secret"]
     counts["mind_valid_with_planted_prompt"] = mind["leaky_valid"]
     counts["mind_timeout"] = mind["timeout"] + mind["stall"]
-    counts["gateway_restart"] = "not_supported: the lab cannot restart its gateway; replicas are killed and " \
-                                "recovered through it instead"
+    restarts = [f for f in soak.faults if f.kind == "gateway_restart"]
+    counts["gateway_restart"] = len(restarts)
+    counts["gateway_down_s"] = round(sum((f.end - f.start).total_seconds() for f in restarts if f.end), 1)
     return counts
 
 
