@@ -90,8 +90,12 @@ def test_a_reading_the_source_could_not_renew_is_stale_at_once_and_fleet_stale_o
     assert sig.state is SignalState.stale and sig.reasons == ("fleet_unreachable",)
     assert sig.observed_at == NOW - timedelta(seconds=50) and sig.values["age_s"] == 50  # how old the view is
     assert recent.signal(SignalKind.throughput).state is SignalState.stale  # its telemetry came with it
+    # The ledger cannot be shown whole either while the router that records external requests is unreachable:
+    # "no demand" and "demand nobody could record" look the same.
+    demand = recent.signal(SignalKind.demand)
+    assert demand.state is SignalState.degraded and demand.reasons == ("fleet_unreachable", "demand_incomplete")
     unverified = {c.name for c in recent.claims if not c.stated}
-    assert unverified == DEPENDENT[SignalKind.fleet] | DEPENDENT[SignalKind.throughput]
+    assert unverified == set(ClaimName)
     markdown, doc = projection.public_report(recent)
     assert "| Ready replicas | unverified | fleet:stale, fleet_unreachable |" in markdown
     assert "| Throughput | unverified |" in markdown and "Replica list withheld" in markdown

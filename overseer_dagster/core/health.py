@@ -319,10 +319,16 @@ def fleet_signal(fleet: FleetSnapshot | None, problem: str | None, now: datetime
     return _signal(SignalKind.fleet, fleet.observed_at, values, problems)
 
 
-def demand_signal(demand: DemandSummary | None, now: datetime, t: Thresholds) -> Signal:
+def demand_signal(demand: DemandSummary | None, now: datetime, t: Thresholds, problem: str | None = None) -> Signal:
+    """The ledger's freshness and external failure rate. While the fleet source cannot be read (`problem`), the
+    ledger is not known to be whole either: the router that would record external requests (and refuse them)
+    may be the very thing that is down, and "no demand" looks exactly like "demand nobody could record"."""
     if demand is None:
         return _signal(SignalKind.demand, None, {}, [(SignalState.unavailable, "demand_unavailable")])
     problems: list[tuple[SignalState, str]] = []
+    if problem is not None:
+        problems += [(SignalState.degraded, reason_code(problem, "fleet_unavailable")),
+                     (SignalState.degraded, "demand_incomplete")]
     reading_age = _age(now, demand.observed_at)
     _aged(problems, reading_age, t.fresh_s, "demand_stale", t)
     ledger_age = _age(now, demand.last_row_at)
@@ -484,7 +490,7 @@ def build(inputs: HealthInputs, *, now: datetime, thresholds: Thresholds) -> Hea
     t = thresholds
     signals = (
         fleet_signal(inputs.fleet, inputs.fleet_problem, now, t),
-        demand_signal(inputs.demand, now, t),
+        demand_signal(inputs.demand, now, t, inputs.fleet_problem),
         throughput_signal(inputs.fleet, now, t, inputs.fleet_problem),
         stress_signal(inputs.stress, now, t),
         loop_signal(inputs.store.loop, now, t),
