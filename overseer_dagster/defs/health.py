@@ -107,6 +107,8 @@ overseer_watch = dg.define_asset_job(
     "overseer_watch",
     selection=dg.AssetSelection.checks(loop_fresh),
     description="Between ticks: is the overseer loop still ticking? (the `loop_fresh` check only)",
+    # One small check: a step process of its own would cost more CPU than the check itself.
+    executor_def=dg.in_process_executor,
 )
 
 overseer_watch_schedule = dg.ScheduleDefinition(
