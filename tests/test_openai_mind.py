@@ -345,6 +345,8 @@ def test_scripted_mind_and_scripted_endpoint_answer_alike(tmp_path: Path) -> Non
     ({"OVERSEER_MIND": "openai", "OVERSEER_MIND_BASE_URL": "http://127.0.0.1:9/v1"}, "OVERSEER_MIND_MODEL"),
     ({"OVERSEER_MIND": "openai", "OVERSEER_MIND_MODEL": "m"}, "OVERSEER_MIND_BASE_URL"),
     ({"OVERSEER_MIND": "script:"}, "script:FILE"),
+    ({"OVERSEER_MIND": "openai", "OVERSEER_MIND_BASE_URL": "http://127.0.0.1:9/v1", "OVERSEER_MIND_MODEL": "m",
+      "OVERSEER_MAX_SCALE_OUT": "many"}, "OVERSEER_MAX_SCALE_OUT"),
 ])
 def test_openai_mind_without_its_variables_is_a_skipped_tick_naming_them(
     engine, monkeypatch: pytest.MonkeyPatch, env: dict, variable: str
@@ -401,3 +403,28 @@ def test_tick_job_asks_the_openai_mind_with_the_key_from_the_environment(
         rows = _run_tick_job(mind, f"sqlite:///{tmp_path / 'store.db'}")
     assert [(r["state"], r["kind"]) for r in rows] == [("queued", "warm_replica")]
     assert server.authorizations == [f"Bearer {key}"]
+
+
+def _told_limits(request: dict) -> dict:
+    """The limits block of the user message the mind received."""
+    lines = request["messages"][1]["content"].split("\n")
+    return json.loads(lines[lines.index("Configured limits (a proposal outside them is blocked):") + 1])
+
+
+def test_tick_job_tells_the_openai_mind_the_limits_its_proposals_are_held_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = json.dumps({"actions": [{"kind": "warm_replica", "replica_id": "vllm-3", "requests": 4}]})
+    with scripted_server(warm) as (url, server):
+        for name, value in (("OVERSEER_MIND", "openai"), ("OVERSEER_MIND_BASE_URL", url),
+                            ("OVERSEER_MIND_MODEL", "m"), ("OVERSEER_GPU_CLASSES", "h200,b200"),
+                            ("OVERSEER_MAX_SCALE_OUT", "2"), ("OVERSEER_PAYEE_REFS", "payee-lab,payee-gpu")):
+            monkeypatch.setenv(name, value)
+        [row] = _run_tick_job(MindResource.from_env(), f"sqlite:///{tmp_path / 'store.db'}")
+    assert row["state"] == "queued"
+    told = _told_limits(server.requests[0])
+    assert told == {"gpu_classes": ["b200", "h200"], "max_scale_out_count": 2,
+                    "max_actions_per_tick": TickSettings().limits.max_actions_per_tick}
+    # Payees are wallet configuration: they stay with the operator, never in a model's prompt.
+    sent = json.dumps(server.requests)
+    assert "payee-lab" not in sent and "payee-gpu" not in sent

@@ -20,10 +20,11 @@ from overseer_dagster.adapters.mind import MindAnswer
 from overseer_dagster.core import redact
 from overseer_dagster.core.authority import AUTHORITY, Effect, effect_of
 from overseer_dagster.core.context import TickContext
+from overseer_dagster.core.limits import Limits
 from overseer_dagster.core.vocabulary import MAX_ACTIONS, ActionKind, Envelope
 
 # Bump when the wording changes: a recorded tick's behaviour depends on it.
-PROMPT_VERSION = "overseer-mind-v1"
+PROMPT_VERSION = "overseer-mind-v2"
 MAX_RESPONSE_BYTES = 1024 * 1024
 # Servers without structured output answer this with a 400 (or 422) naming the parameter.
 _FORMAT_REFUSED_STATUSES = (400, 422)
@@ -149,11 +150,23 @@ def public_context(ctx: TickContext) -> dict[str, Any]:
     return _scrubbed(ctx.model_dump(mode="json"))
 
 
-def messages(ctx: TickContext) -> list[dict[str, str]]:
+def public_limits(limits: Limits) -> dict[str, Any]:
+    """The configured limits as the mind sees them, so it can keep inside what the verdict allows (sets
+    sorted: the prompt is deterministic). Not the payees: wallet configuration stays with the operator
+    (a `wallet_spend` naming an unregistered payee is blocked)."""
+    dumped = limits.model_dump(mode="json", exclude={"payee_refs"})
+    return {name: sorted(value) if isinstance(value, list) else value for name, value in dumped.items()}
+
+
+def messages(ctx: TickContext, limits: Limits | None = None) -> list[dict[str, str]]:
+    """The chat: the system prompt, then the tick context and the limits the verdict will apply."""
     context_json = json.dumps(public_context(ctx), sort_keys=True, separators=(",", ":"))
+    limits_json = json.dumps(_scrubbed(public_limits(limits or Limits())), sort_keys=True, separators=(",", ":"))
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"Tick context:\n{context_json}\n\nAnswer with the JSON object only."},
+        {"role": "user", "content": f"Tick context:\n{context_json}\n\n"
+                                    f"Configured limits (a proposal outside them is blocked):\n{limits_json}\n\n"
+                                    "Answer with the JSON object only."},
     ]
 
 
@@ -176,8 +189,10 @@ class OpenAIMind:
     name = "openai"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 20.0,
-                 max_tokens: int = 1024) -> None:
+                 max_tokens: int = 1024, limits: Limits | None = None) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
+        # The limits the tick's verdict applies (TickSettings.limits): told, so it does not propose past them.
+        self.limits = limits or Limits()
         self.model = model
         self._api_key = api_key or None
         self.timeout_s = timeout_s
@@ -190,7 +205,7 @@ class OpenAIMind:
 
     def propose(self, ctx: TickContext) -> MindAnswer:
         try:
-            return MindAnswer(raw=self._answer(messages(ctx)))
+            return MindAnswer(raw=self._answer(messages(ctx, self.limits)))
         except _Unavailable as unavailable:
             return MindAnswer(raw=None, unavailable="mind_unavailable", detail=unavailable.code)
         except Exception:  # noqa: BLE001 - the contract is "never raises"; the detail stays a code

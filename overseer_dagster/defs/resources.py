@@ -76,8 +76,12 @@ class MindResource(dg.ConfigurableResource):
                 return UnconfiguredMind(f"OVERSEER_MIND=openai needs {' and '.join(missing)}")
             if not base_url.startswith(("http://", "https://")):
                 return UnconfiguredMind("OVERSEER_MIND_BASE_URL must be an http(s) URL")
+            try:
+                limits = settings.TickSettings.from_env().limits
+            except ConfigError as exc:
+                return UnconfiguredMind(str(exc))
             return OpenAIMind(base_url, self.model, _resolved(self.api_key), timeout_s=self.timeout_s,
-                              max_tokens=self.max_tokens)
+                              max_tokens=self.max_tokens, limits=limits)
         if mind.startswith("script:"):
             if not mind.removeprefix("script:"):
                 return UnconfiguredMind("OVERSEER_MIND=script:FILE needs a file")
