@@ -54,6 +54,22 @@ def test_probe_source_over_real_samples(tmp_path: Path) -> None:
     assert snap.headroom == 16 + (4096 - 162 - 2826)
 
 
+def test_the_tick_s_probe_reads_latency_over_the_window_kept_in_overseer_home(tmp_path: Path) -> None:
+    from overseer_dagster.defs.resources import FleetResource
+    from overseer_dagster.store.db import overseer_home
+
+    with LoopbackServer(samples_app()) as base:
+        config = tmp_path / "probe.json"
+        config.write_text(json.dumps({"replicas": [
+            {"replica_id": "sglang", "base_url": f"{base}/sglang", "max_inflight": 4096}]}))
+        fleet = FleetResource(source=f"probe:{config}")
+        first, second = fleet.snapshot(NOW), fleet.snapshot(NOW)
+    # First: the histograms since the engine started. Then the same page again: no token in between.
+    assert first.replicas[0].itl_p50_s == pytest.approx(0.0930824, abs=1e-6)
+    assert (second.replicas[0].itl_p50_s, second.replicas[0].ttft_p50_s) == (None, None)
+    assert (overseer_home() / fleet_source.PROBE_BASELINES).is_file()
+
+
 def test_probe_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     config = tmp_path / "probe.json"
     config.write_text(json.dumps({"replicas": [{"replica_id": "a", "base_url": "ftp://x", "max_inflight": 4}]}))

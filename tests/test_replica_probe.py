@@ -14,6 +14,9 @@ from http_fixtures import LoopbackServer, closed_port_url
 
 from overseer_dagster.adapters.replica_probe import ReplicaEndpoint, ReplicaProbeSource
 from overseer_dagster.core.fleet import FleetSnapshot, Health, RoutingState
+from overseer_dagster.lab.engine import EngineConfig
+from overseer_dagster.lab.faults import Kill, Recover, Slow
+from overseer_dagster.lab.replica import Replica, ReplicaConfig
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -184,3 +187,70 @@ def test_a_page_too_large_to_read_is_not_trusted() -> None:
         endpoint = ReplicaEndpoint(replica_id="big", base_url=base, max_inflight=8)
         fleet = ReplicaProbeSource([endpoint], max_metrics_bytes=4096).snapshot(NOW)
     assert (fleet.replicas[0].health, fleet.replicas[0].unknown_reason) == (Health.unknown, "metrics_too_large")
+
+
+# --- latency over the window since the last probe (a lab replica: vLLM's histograms, really served) -------
+
+# About 12 ms a token; under Slow(5), about 60 ms: apart by more than a bucket of vLLM's ITL histogram.
+STEADY = EngineConfig(max_num_seqs=8, step_base_s=0.012, step_per_seq_s=0.0002, prefill_base_s=0.001,
+                      prefill_s_per_token=0.00001)
+
+
+async def _traffic(replica: Replica, requests: int, tokens: int) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+        answers = await asyncio.gather(*(client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens, "ignore_eos": True})
+            for _ in range(requests)))
+    assert all(a.status_code == 200 for a in answers)
+
+
+def test_latency_is_of_the_window_since_the_last_probe_even_across_processes(tmp_path: Path) -> None:
+    """A slowdown shows in the next reading, though the engine's lifetime histogram barely moves; each tick
+    builds a new source (a run process of its own), so the window lives in the baselines file."""
+    baselines = tmp_path / "probe-baselines.json"
+
+    async def go() -> None:
+        replica = Replica(ReplicaConfig("replica-00", engine=STEADY))
+        await replica.start()
+        try:
+            endpoint = ReplicaEndpoint(replica_id="replica-00", base_url=replica.url, max_inflight=8)
+
+            async def itl_p90(windowed: bool) -> float | None:
+                source = ReplicaProbeSource([endpoint], baselines=baselines if windowed else None)
+                [state] = (await source.probe(NOW)).replicas
+                assert state.health is Health.healthy
+                return state.itl_p90_s
+
+            await _traffic(replica, requests=6, tokens=48)  # ~280 steady tokens
+            first = await itl_p90(windowed=True)  # no earlier page: since the engine started
+            assert first is not None and first <= 0.025
+            await replica.apply_fault(Slow(factor=5))
+            await _traffic(replica, requests=1, tokens=12)  # ~11 slow tokens: under 5% of them all
+            assert await itl_p90(windowed=False) <= 0.025  # the lifetime figure hides the slowdown
+            assert await itl_p90(windowed=True) >= 0.05  # the window shows it
+            assert await itl_p90(windowed=True) is None  # no tokens since: no latency to state
+            await replica.apply_fault(Recover())
+
+            await replica.apply_fault(Kill())  # the engine restarts: its counters begin again
+            await replica.apply_fault(Recover())
+            await _traffic(replica, requests=2, tokens=24)
+            after_restart = await itl_p90(windowed=True)
+            assert after_restart is not None and after_restart <= 0.025
+        finally:
+            await replica.stop()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert "127.0.0.1" not in baselines.read_text()  # replica ids and histograms only
+
+
+def test_an_unreadable_baselines_file_costs_the_window_not_the_reading(tmp_path: Path) -> None:
+    baselines = tmp_path / "probe-baselines.json"
+    baselines.write_text("{not json")
+    with LoopbackServer(replica(ok(), ok(V1_PAGE))) as base:
+        endpoint = ReplicaEndpoint(replica_id="vllm-v1", base_url=base, max_inflight=32)
+        fleet = ReplicaProbeSource([endpoint], baselines=baselines).snapshot(NOW)
+        again = ReplicaProbeSource([endpoint], baselines=baselines).snapshot(NOW)
+    assert fleet.replicas[0].itl_p90_s == pytest.approx(0.018)  # the page's own histogram, as without a file
+    assert again.replicas[0].itl_p90_s is None  # the file was rewritten: nothing happened in between

@@ -309,6 +309,41 @@ def test_quantile_edges() -> None:
         h.quantile(1.5)
 
 
+def _page(*counts: float, bounds: tuple[float, ...] = (0.01, 0.05, math.inf), total: float | None = None) -> Histogram:
+    return Histogram(buckets=tuple(zip(bounds, counts)), count=counts[-1], sum=total)
+
+
+def test_the_window_between_two_pages_is_what_happened_between_them() -> None:
+    # 1,000 fast tokens since the engine started, then 20 slow ones: the page's p90 still says fast.
+    before = _page(1000, 1000, 1000, total=5.0)
+    after = _page(1000, 1000, 1020, total=7.0)
+    assert after.quantile(0.9) <= 0.01
+    window = after.since(before)
+    assert window == _page(0, 0, 20, total=2.0)
+    assert window.quantile(0.9) == 0.05  # in the +Inf bucket: the highest finite bound, as PromQL says
+    assert after.since(after) == _page(0, 0, 0, total=0.0) and after.since(after).quantile(0.9) is None
+
+
+def test_pages_that_do_not_line_up_have_no_window() -> None:
+    assert _page(0, 5, 5).since(_page(3, 3, 3)) is None  # a count went down: the engine restarted
+    assert _page(5, 5, 5).since(_page(1, 1, 1, bounds=(0.02, 0.05, math.inf))) is None  # other buckets
+    # Every count grew, yet the increases are not cumulative: two pages of different engines.
+    assert _page(10, 10, 10).since(_page(1, 8, 8)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), min_size=1, max_size=6))
+def test_a_window_is_the_difference_that_added_to_the_earlier_page_gives_the_later(
+        steps: list[tuple[int, int]]) -> None:
+    bounds = tuple(0.01 * (i + 1) for i in range(len(steps) - 1)) + (math.inf,)
+    earlier_in = [a for a, _ in steps]
+    later_in = [a + b for a, b in steps]
+    cumulative = lambda xs: tuple(float(sum(xs[: i + 1])) for i in range(len(xs)))  # noqa: E731
+    earlier, later = _page(*cumulative(earlier_in), bounds=bounds), _page(*cumulative(later_in), bounds=bounds)
+    window = later.since(earlier)
+    assert window == _page(*cumulative([b for _, b in steps]), bounds=bounds)
+
+
 # --- nothing but TelemetryError, whatever the text -------------------------------------------------
 
 _REAL_LINES = [

@@ -112,8 +112,14 @@ def _config(model: type[BaseModel], path: str) -> BaseModel:
         raise ValueError(f"OVERSEER_FLEET_SOURCE: {path}: {loc}: {first['msg']}") from None
 
 
-def from_spec(spec: str) -> FleetSource:
-    """`sample`, `snapshot:<path|URL>`, `probe:<config.json>` or `prometheus:<config.json>`."""
+# Under OVERSEER_HOME: the latency histograms each probe read, so the next tick's quantiles are of the
+# window between them (`ReplicaProbeSource.baselines`).
+PROBE_BASELINES = "probe-baselines.json"
+
+
+def from_spec(spec: str, home: Path | None = None) -> FleetSource:
+    """`sample`, `snapshot:<path|URL>`, `probe:<config.json>` or `prometheus:<config.json>`. `home` (the
+    overseer's state directory) keeps what a source carries from one tick to the next."""
     kind, _, arg = spec.partition(":")
     if kind == "sample" and not arg:
         return SampleSource()
@@ -121,7 +127,8 @@ def from_spec(spec: str) -> FleetSource:
         return SnapshotSource(arg)
     if kind == "probe" and arg:
         probe = _config(ProbeConfig, arg)
-        return ReplicaProbeSource(probe.replicas, timeout_s=probe.timeout_s, concurrency=probe.concurrency)
+        return ReplicaProbeSource(probe.replicas, timeout_s=probe.timeout_s, concurrency=probe.concurrency,
+                                  baselines=home / PROBE_BASELINES if home else None)
     if kind == "prometheus" and arg:
         prom = _config(PrometheusConfig, arg)
         return PrometheusSource(prom.base_url, prom.replicas, prom.max_inflight, replica_label=prom.replica_label,

@@ -2,7 +2,9 @@
 
 One aiohttp server on loopback stands in for every replica (`/r/{i}/health`, `/r/{i}/metrics`), all
 serving one vLLM V1 page with two data-parallel engines. The server shares the process (and its GIL)
-with the prober, so the figure is pessimistic about CPU and optimistic about the network.
+with the prober, so the figure is pessimistic about CPU and optimistic about the network. The probe is
+measured as a tick runs it: with a baselines file a previous probe wrote (latency over the window
+between them), loaded, windowed and written again.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 
@@ -83,12 +87,16 @@ def run(replicas: int = 1000) -> dict:
 
     try:
         base = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-        source = ReplicaProbeSource(
-            ReplicaEndpoint(replica_id=f"r{i}", base_url=f"{base}/r/{i}", max_inflight=64) for i in range(replicas)
-        )
-        wall, cpu = time.perf_counter(), time.process_time()
-        fleet = source.snapshot(datetime.now(UTC))
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        endpoints = [ReplicaEndpoint(replica_id=f"r{i}", base_url=f"{base}/r/{i}", max_inflight=64)
+                     for i in range(replicas)]
+        with tempfile.TemporaryDirectory() as home:
+            baselines = Path(home) / "probe-baselines.json"
+            ReplicaProbeSource(endpoints, baselines=baselines).snapshot(datetime.now(UTC))  # the previous tick's
+            source = ReplicaProbeSource(endpoints, baselines=baselines)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fleet = source.snapshot(datetime.now(UTC))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            baselines_bytes = baselines.stat().st_size
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
@@ -101,6 +109,7 @@ def run(replicas: int = 1000) -> dict:
         # Both sides' CPU: on a machine shared with other work, wall time alone misleads.
         "cpu_s": round(cpu, 3),
         "ready": fleet.ready_replicas,
+        "baselines_bytes": baselines_bytes,
         "unknown_reasons": dict(Counter(r.unknown_reason for r in fleet.replicas if r.unknown_reason)),
     }
 

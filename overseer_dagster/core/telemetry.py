@@ -78,12 +78,30 @@ class Histogram(_Model):
             raise ValueError("the +Inf bucket must equal the count")
         return self
 
+    def since(self, earlier: Histogram) -> Histogram | None:
+        """The observations made after `earlier` was read, as a histogram of their own (bucket by bucket
+        difference): what happened between two scrapes, as PromQL's `increase` over that window.
+
+        None when the two do not line up: other bucket bounds, or a count lower than before (the engine
+        restarted and its counters began again, so `self` alone is what it saw since the restart).
+        """
+        if [le for le, _ in self.buckets] != [le for le, _ in earlier.buckets]:
+            return None
+        buckets = tuple((le, now - then) for (le, now), (_, then) in zip(self.buckets, earlier.buckets))
+        if any(count < 0 for _, count in buckets):
+            return None
+        total = None if self.sum is None or earlier.sum is None else self.sum - earlier.sum
+        try:
+            return Histogram(buckets=buckets, count=self.count - earlier.count, sum=total)
+        except ValidationError:  # increases that are not cumulative: the pages do not belong together
+            return None
+
     def quantile(self, q: float) -> float | None:
         """The q-quantile, interpolated linearly within its bucket as PromQL `histogram_quantile` does.
 
         None without observations or without a finite bucket. A quantile in the +Inf bucket is the
         highest finite bound. Over a page's cumulative histogram this is the quantile since the engine
-        started, not of a recent window.
+        started; over `since`'s difference of two pages, the quantile of the window between them.
         """
         if not 0 <= q <= 1:
             raise ValueError("q must be within [0, 1]")

@@ -36,7 +36,7 @@ class FleetResource(dg.ConfigurableResource):
     source: str = "sample"
 
     def snapshot(self, now: datetime) -> FleetSnapshot:
-        return fleet_source.from_spec(self.source).snapshot(now)
+        return fleet_source.from_spec(self.source, home=overseer_home()).snapshot(now)
 
 
 class MindResource(dg.ConfigurableResource):
