@@ -261,8 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_bench("redact", seconds=True))
     p = bsub.add_parser("probe", help="probe N replicas' /health and /metrics over loopback")
     p.add_argument("--replicas", type=int, default=1000)
+    p.add_argument("--server", choices=("process", "thread"), default="process",
+                   help="where the stand-in replicas run: a process of their own (default), or a thread of "
+                        "the prober's process, sharing its GIL")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_bench("probe", replicas=True))
+    p.set_defaults(handler=_bench("probe", replicas=True, server=True))
     p = bsub.add_parser("dispatch", help="decision-to-outcome latency through the real Dagster daemon (SQLite)")
     p.add_argument("--actions", type=int, default=20)
     p.add_argument("--json", action="store_true")

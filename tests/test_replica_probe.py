@@ -254,3 +254,17 @@ def test_an_unreadable_baselines_file_costs_the_window_not_the_reading(tmp_path:
         again = ReplicaProbeSource([endpoint], baselines=baselines).snapshot(NOW)
     assert fleet.replicas[0].itl_p90_s == pytest.approx(0.018)  # the page's own histogram, as without a file
     assert again.replicas[0].itl_p90_s is None  # the file was rewritten: nothing happened in between
+
+
+@pytest.mark.parametrize("server", ["process", "thread"])
+def test_the_probe_benchmark_probes_every_stand_in_replica_and_leaves_nothing_running(server: str) -> None:
+    import multiprocessing
+    import threading
+
+    from overseer_dagster.bench import probe as bench_probe
+
+    result = bench_probe.run(replicas=20, server=server)
+    assert (result["ready"], result["unknown_reasons"], result["server"]) == (20, {}, server)
+    assert result["baselines_bytes"] > 0  # measured as a tick runs it: windowed, with a baselines file
+    assert not multiprocessing.active_children()
+    assert not [t for t in threading.enumerate() if t.name == "bench-replicas"]
