@@ -1,10 +1,14 @@
-"""Real HTTP servers for tests: an aiohttp app on 127.0.0.1, ephemeral port, in a background thread."""
+"""Real HTTP servers for tests: an aiohttp app on 127.0.0.1, ephemeral port, in a background thread; and
+waiting, inside an event loop, for what such servers do "at once" (an event-loop turn or two away)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from aiohttp import web
@@ -65,3 +69,15 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+async def wait_until(pred: Callable[[], bool | Awaitable[bool]], timeout: float = 3.0) -> None:
+    """Poll `pred` (plain or async) until it holds; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = pred()
+        if await held if inspect.isawaitable(held) else held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from http_fixtures import wait_until
+
 from overseer_dagster.lab.engine import EngineConfig
 from overseer_dagster.lab.faults import EngineDead, ErrorBurst, Flap, Hang, Kill, Recover, Slow
 from overseer_dagster.lab.replica import Replica, ReplicaConfig
@@ -37,17 +39,6 @@ async def replica():
             yield r, c
     finally:
         await r.stop()
-
-
-async def until(predicate: Any, within: float = 3.0) -> bool:
-    """Whether `predicate()` (awaitable) comes true within `within` seconds: what the lab does "at once" is
-    still an event-loop turn or two away, and a loaded machine stretches those."""
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def chat(c: httpx.AsyncClient, timeout: float = 2.0, **extra: Any) -> httpx.Response:
@@ -88,7 +79,7 @@ def test_kill_with_duration_recovers_by_itself() -> None:
                 except httpx.ConnectError:
                     return False
 
-            assert await until(healthy)  # recovered by itself, with no Recover applied
+            await wait_until(healthy)  # recovered by itself, with no Recover applied
 
     run(go())
 
@@ -105,10 +96,7 @@ def test_hang_accepts_but_never_answers() -> None:
             await r.apply_fault(Recover())
             assert (await c.get("/health")).status_code == 200
             assert (await chat(c)).status_code == 200
-            async def idle() -> bool:
-                return r.state()["running"] == 0
-
-            assert await until(idle)  # the timed-out requests left no slot behind
+            await wait_until(lambda: r.state()["running"] == 0)  # the timed-out requests left no slot behind
 
     run(go())
 

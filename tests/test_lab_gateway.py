@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
+
+from http_fixtures import wait_until
 
 from overseer_dagster.core.demand import DemandKind, Outcome, UsageRecord
 from overseer_dagster.core.fleet import FleetSnapshot, Health, RoutingState
@@ -37,13 +39,6 @@ async def lab(replicas: int = 2, slots: int = 2, *, records: list[UsageRecord] |
     finally:
         await the_lab.stop()
 
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 async def chat(c: httpx.AsyncClient, kind: str | None = "external", **extra: Any) -> httpx.Response:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+
+from http_fixtures import wait_until
 
 from overseer_dagster.core.demand import Outcome, UsageRecord
 from overseer_dagster.core.fleet import FleetSnapshot, RoutingState
@@ -32,13 +34,6 @@ NO_POOL = httpx.Limits(max_keepalive_connections=0)
 def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 async def refused(c: httpx.AsyncClient, method: str, url: str, **kw: Any) -> bool:
@@ -64,7 +59,7 @@ def test_an_outage_refuses_every_endpoint_then_serves_again_on_the_same_port_wit
                 await c.post(gw + "/fleet/replicas/replica-02/quarantine")
                 resp = await c.post(gw + "/lab/gateway/faults", json={"kind": "outage", "duration_s": 1.0})
                 assert resp.status_code == 200 and resp.json()["applied"] == {"kind": "outage", "duration_s": 1.0}
-                await wait_until(lambda: lab.gateway_down)
+                await wait_until(lambda: lab.gateway_down, timeout=5.0)
                 for method, path, body in (
                     ("GET", "/fleet/state", None), ("GET", "/health", None),
                     ("POST", "/v1/chat/completions", {"messages": MSG, "max_tokens": 4}),
@@ -104,15 +99,15 @@ def test_a_request_in_flight_when_the_gateway_goes_down_is_recorded_failed_gatew
                 stream = asyncio.create_task(c.post(
                     "/v1/chat/completions", headers={"X-Demand-Kind": "external"},
                     json={"messages": MSG, "max_tokens": 5000, "ignore_eos": True, "stream": True}))
-                await wait_until(lambda: sum(up.gw_inflight for up in lab.gateway.upstreams.values()) == 1)
+                await wait_until(lambda: sum(up.gw_inflight for up in lab.gateway.upstreams.values()) == 1, timeout=5.0)
                 await lab.gateway_outage(0.3)
                 with pytest.raises(httpx.HTTPError):
                     (await stream).raise_for_status()
                     raise AssertionError("the stream survived the outage")
-                await wait_until(lambda: not lab.gateway_down)
+                await wait_until(lambda: not lab.gateway_down, timeout=5.0)
                 after = await c.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 4})
                 assert after.status_code == 200
-            await wait_until(lambda: len(records) >= 2)
+            await wait_until(lambda: len(records) >= 2, timeout=5.0)
             cut = [r for r in records if r.outcome is Outcome.failed]
             assert [r.failure_reason for r in cut] == ["gateway_down"]
             # Every slot the cut request held is free again.

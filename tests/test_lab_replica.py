@@ -6,13 +6,15 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from http_fixtures import wait_until
 
 from overseer_dagster.lab.engine import EngineConfig
 from overseer_dagster.lab.replica import Replica, ReplicaConfig
@@ -39,13 +41,6 @@ async def replica(**engine: Any):
     finally:
         await r.stop()
 
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 def sse_events(body: bytes) -> list[Any]:

@@ -408,7 +408,7 @@ def test_tick_job_asks_the_openai_mind_with_the_key_from_the_environment(
 def _told_limits(request: dict) -> dict:
     """The limits block of the user message the mind received."""
     lines = request["messages"][1]["content"].split("\n")
-    return json.loads(lines[lines.index("Configured limits (a proposal outside them is blocked):") + 1])
+    return json.loads(lines[lines.index(openai_mind.LIMITS_HEADER) + 1])
 
 
 def test_tick_job_tells_the_openai_mind_the_limits_its_proposals_are_held_to(

@@ -26,6 +26,8 @@ from overseer_dagster.core.vocabulary import MAX_ACTIONS, ActionKind, Envelope
 # Bump when the wording changes: a recorded tick's behaviour depends on it.
 PROMPT_VERSION = "overseer-mind-v2"
 MAX_RESPONSE_BYTES = 1024 * 1024
+# Heads the limits' JSON in the user message, on a line of its own.
+LIMITS_HEADER = "Configured limits (a proposal outside them is blocked):"
 # Servers without structured output answer this with a 400 (or 422) naming the parameter.
 _FORMAT_REFUSED_STATUSES = (400, 422)
 
@@ -165,7 +167,7 @@ def messages(ctx: TickContext, limits: Limits | None = None) -> list[dict[str, s
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": f"Tick context:\n{context_json}\n\n"
-                                    f"Configured limits (a proposal outside them is blocked):\n{limits_json}\n\n"
+                                    f"{LIMITS_HEADER}\n{limits_json}\n\n"
                                     "Answer with the JSON object only."},
     ]
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import ssl
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from overseer_dagster.core.fleet import FleetSnapshot, Health, ReplicaId, ReplicaState, RoutingState
 from overseer_dagster.core.telemetry import EngineTelemetry, Histogram, TelemetryError, parse_engine_metrics
+from overseer_dagster.files import write_text_atomically
 
 # inflight = running + waiting: a page without either cannot say how busy the replica is. The probe
 # reads only what a ReplicaState carries: parsing is most of a probe's CPU.
@@ -162,7 +161,7 @@ def _reason(exc: Exception) -> str:
     return "probe_error"
 
 
-def window(page: Histogram | None, earlier: Histogram | None) -> Histogram | None:
+def _window(page: Histogram | None, earlier: Histogram | None) -> Histogram | None:
     """What a latency quantile is read over: the observations since `earlier` (the previous probe's page)
     when that lines up with `page`; else `page` itself (no earlier page, or the engine restarted)."""
     if page is None or earlier is None:
@@ -185,8 +184,8 @@ def _state(endpoint: ReplicaEndpoint, health: object, metrics: object, now: date
         status = Health.healthy
     running = telemetry.requests_running if telemetry else 0.0
     waiting = (telemetry.requests_waiting or 0.0) if telemetry else 0.0
-    ttft = window(telemetry.ttft, earlier.get("ttft")) if telemetry else None
-    itl = window(telemetry.itl, earlier.get("itl")) if telemetry else None
+    ttft = _window(telemetry.ttft, earlier.get("ttft")) if telemetry else None
+    itl = _window(telemetry.itl, earlier.get("itl")) if telemetry else None
     return ReplicaState(
         replica_id=endpoint.replica_id,
         health=status,
@@ -219,19 +218,10 @@ def load_baselines(path: Path) -> Baselines:
 
 def save_baselines(path: Path, baselines: Baselines) -> None:
     """Write `baselines` to `path` atomically (a reader sees the old file or the new, never half)."""
-    body = json.dumps({"replicas": {
+    write_text_atomically(path, json.dumps({"replicas": {
         rid: {f: {"buckets": [[_bound(le), c] for le, c in h.buckets], "count": h.count, "sum": h.sum}
               for f, h in pages.items()}
-        for rid, pages in baselines.items()}}, separators=(",", ":"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for rid, pages in baselines.items()}}, separators=(",", ":")))
 
 
 def _bound(le: float) -> float | str:

@@ -10,8 +10,6 @@ latest public report as a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from overseer_dagster.core import health
 from overseer_dagster.core.context import TickContext
 from overseer_dagster.core.demand import USER_DEMAND
 from overseer_dagster.core.fleet import FleetSnapshot
+from overseer_dagster.files import write_text_atomically
 from overseer_dagster.store import ledger, targets
 from overseer_dagster.store.db import overseer_home
 from overseer_dagster.store.tables import actions, decisions, gates, ticks
@@ -163,10 +162,5 @@ def snapshot_from_store(engine: Engine, now: datetime, thresholds: health.Thresh
 
 def save_report(document: dict[str, Any], home: Path | None = None) -> None:
     """Write the public report document to OVERSEER_HOME/reports/latest.json, atomically."""
-    folder = (home or overseer_home()) / REPORTS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".latest.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, folder / "latest.json")
+    write_text_atomically((home or overseer_home()) / REPORTS_DIR / "latest.json",
+                          json.dumps(document, indent=2, sort_keys=True) + "\n")
