@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 from pathlib import Path
@@ -338,7 +339,9 @@ def test_a_window_is_the_difference_that_added_to_the_earlier_page_gives_the_lat
     bounds = tuple(0.01 * (i + 1) for i in range(len(steps) - 1)) + (math.inf,)
     earlier_in = [a for a, _ in steps]
     later_in = [a + b for a, b in steps]
-    cumulative = lambda xs: tuple(float(sum(xs[: i + 1])) for i in range(len(xs)))  # noqa: E731
+    def cumulative(counts: list[int]) -> tuple[float, ...]:
+        return tuple(float(c) for c in itertools.accumulate(counts))
+
     earlier, later = _page(*cumulative(earlier_in), bounds=bounds), _page(*cumulative(later_in), bounds=bounds)
     window = later.since(earlier)
     assert window == _page(*cumulative([b for _, b in steps]), bounds=bounds)
