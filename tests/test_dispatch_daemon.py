@@ -18,7 +18,9 @@ pytestmark = pytest.mark.daemon
 
 
 def sensor_ticks(deployment: Deployment, since: float) -> list:
-    from dagster._core.scheduler.instigation import InstigatorType
+    """The dispatch sensor's ticks since `since` that have finished (a tick is stored as STARTED while the
+    sensor is still being evaluated, with no skip reason yet)."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
     with deployment.instance() as instance:
         [state] = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
@@ -26,7 +28,7 @@ def sensor_ticks(deployment: Deployment, since: float) -> list:
         if state is None:
             return []
         ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=20)
-    return [t for t in ticks if t.timestamp >= since]
+    return [t for t in ticks if t.timestamp >= since and t.status is not TickStatus.STARTED]
 
 
 def wait_for(condition, timeout_s: float) -> bool:  # noqa: ANN001
@@ -49,7 +51,8 @@ def test_the_daemon_dispatches_only_while_the_tick_schedule_is_on(tmp_path: Path
         since = time.time()
         assert wait_for(lambda: len(sensor_ticks(dagster, since)) >= 2, 60), "the sensor did not tick"
         skipped = sensor_ticks(dagster, since)
-        assert all("overseer_tick_schedule is stopped" in (t.skip_reason or "") for t in skipped)
+        assert all("overseer_tick_schedule is stopped" in (t.skip_reason or "") for t in skipped), [
+            (t.status, t.skip_reason, t.error and t.error.message) for t in skipped]
         assert actions.get(engine, action_id)["status"] == "queued"
 
         dagster.start_schedule("overseer_tick_schedule")
