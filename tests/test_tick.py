@@ -12,6 +12,7 @@ from overseer_dagster import settings
 from overseer_dagster.adapters.mind import MindAnswer, RuleMind
 from overseer_dagster.core.context import StressStatus
 from overseer_dagster.core.fleet import FleetSnapshot
+from overseer_dagster.core.limits import Limits
 from overseer_dagster.settings import TickSettings
 from overseer_dagster.store import journal
 from overseer_dagster.store.tables import actions, gates
@@ -93,6 +94,25 @@ def test_valid_proposal_queues_autonomous_and_gates_risky_actions(engine) -> Non
     with engine.connect() as conn:
         statuses = dict(conn.execute(select(actions.c.kind, actions.c.status)).all())
     assert statuses == {"stop_stress": "queued", "quarantine_replica": "gated"}
+
+
+@pytest.mark.parametrize(("classes", "expected"), [
+    (("b200",), [("request_scale_out", "pending_approval"), ("back_off_stress", "queued")]),
+    ((), [("back_off_stress", "queued")]),
+])
+def test_the_rule_policy_asks_only_for_a_configured_gpu_class(engine, classes, expected) -> None:  # noqa: ANN001
+    # A full fleet with stress running: the rule mind asks for capacity and backs stress off. Asking for a
+    # class the operator did not configure would block the whole proposal, the back-off with it.
+    at = NOW + timedelta(minutes=3)  # no periodic report in the way
+    full = fleet(at, **{f"r-{i}": {"inflight": 16, "external_inflight": 16} for i in range(3)})
+    cfg = TickSettings(limits=Limits(gpu_classes=classes))
+    result = run_tick(engine, now=at, settings=cfg, enabled=True, mode="autonomous", fleet=full,
+                      fleet_problem=None, demand=None, stress=StressStatus(pool_concurrency=4), mind=RuleMind())
+    assert [(r["kind"], r["state"]) for r in result.rows] == expected
+    with engine.connect() as conn:
+        asked = conn.execute(select(actions.c.action_json).where(actions.c.kind == "request_scale_out")).scalars()
+        assert [json.loads(a)["gpu_class"] for a in asked] == list(classes)
+    assert count(engine, gates) == len(classes)
 
 
 def test_repeated_gated_proposal_points_at_the_open_gate(engine) -> None:

@@ -80,6 +80,10 @@ class TickContext(_Model):
     # External ITL p90 target; stress backs off before external traffic misses it.
     itl_slo_s: float = Field(default=0.1, gt=0)
     stress_reserve_slots: int = Field(default=1, ge=1)
+    # The GPU class the rule policy asks for when external demand nears capacity: the first configured
+    # (`Limits.gpu_classes`); None when none is configured, and then it asks for none. Defaults to what
+    # contexts recorded before the field existed were decided with.
+    scale_out_gpu_class: str | None = "h100"
 
     def fleet_fresh(self) -> bool:
         return self.fleet is not None and self.fleet.age_s(self.now) <= 3 * self.cadence_s

@@ -73,9 +73,9 @@ def _stress(ctx: TickContext) -> list[dict]:
     external = sum(r.external_inflight + r.queue_depth for r in ready)
     utilisation = external / capacity
     out: list[dict] = []
-    if utilisation >= SCALE_OUT_AT:
+    if utilisation >= SCALE_OUT_AT and ctx.scale_out_gpu_class is not None:
         out.append({
-            "kind": "request_scale_out", "gpu_class": "h100", "count": 1, "max_hourly_usd": 12.0,
+            "kind": "request_scale_out", "gpu_class": ctx.scale_out_gpu_class, "count": 1, "max_hourly_usd": 12.0,
             "reason": "external demand above 90% of ready slots",
             "rollback": {"action": "scale_in", "after_s": 3600},
         })
