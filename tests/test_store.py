@@ -39,11 +39,13 @@ def test_chain_verifies_and_names_the_first_tampered_row(engine) -> None:
     assert not report.ok and report.broken_seq == 3
 
 
-def test_chain_detects_a_deleted_last_row(engine) -> None:
+@pytest.mark.parametrize("deleted", [2, 3])
+def test_chain_detects_a_deleted_row_at_its_place(engine, deleted: int) -> None:
     _append(engine, 3)
     with engine.begin() as conn:
-        conn.execute(decisions.delete().where(decisions.c.seq == 3))
-    assert not journal.verify(engine).ok
+        conn.execute(decisions.delete().where(decisions.c.seq == deleted))
+    report = journal.verify(engine)
+    assert not report.ok and report.broken_seq == deleted
 
 
 def test_ledger_window_groups_by_kind_in_the_database(engine) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
+import string
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -72,6 +75,15 @@ def test_schema_invalid_output_blocks_and_queues_nothing_and_opens_no_gate(engin
     assert row["raw_digest"] and len(row["raw_excerpt"]) <= 1000
     assert raw not in (row["raw_excerpt"] or "") or len(raw) <= 1000
     assert count(engine, actions) == 0 and count(engine, gates) == 0
+
+
+def test_a_blocked_rows_excerpt_is_scrubbed(engine) -> None:
+    key = "sk-" + "proj-" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(48))
+    raw = f"Sure! I used Authorization: Bearer {key} and 10.1.2.3:8000 to check. Scale out now."
+    [row] = tick(engine, Scripted(raw)).rows
+    assert row["state"] == "blocked" and row["raw_digest"] == hashlib.sha256(raw.encode()).hexdigest()
+    assert "Sure! I used" in row["raw_excerpt"]
+    assert key not in row["raw_excerpt"] and key[:12] not in row["raw_excerpt"] and "10.1.2.3" not in row["raw_excerpt"]
 
 
 def test_context_invalid_blocks_the_whole_proposal(engine) -> None:

@@ -90,7 +90,7 @@ def verify(engine: Engine, batch: int = 5000) -> ChainReport:
         for row in result.mappings():
             count += 1
             if row["seq"] != expected_seq:
-                return ChainReport(False, count, row["seq"], f"sequence gap: expected {expected_seq}")
+                return ChainReport(False, count, expected_seq, f"row missing: the next row is seq {row['seq']}")
             if row["prev_hash"] != prev:
                 return ChainReport(False, count, row["seq"], "prev_hash does not link to the row before")
             if row_hash(dict(row), prev) != row["row_hash"]:
