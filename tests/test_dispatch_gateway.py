@@ -117,7 +117,7 @@ def test_without_a_router_router_actions_fail_as_unconfigured(engine) -> None:
 @pytest.mark.parametrize("env,expected", [
     ({}, None),
     ({"OVERSEER_FLEET_SOURCE": "sample"}, None),
-    ({"OVERSEER_FLEET_SOURCE": "snapshot:/tmp/fleet.json"}, None),
+    ({"OVERSEER_FLEET_SOURCE": "snapshot:fleet.json"}, None),
     ({"OVERSEER_FLEET_SOURCE": "snapshot:http://gateway.internal:8080/fleet/state"}, "http://gateway.internal:8080"),
     ({"OVERSEER_FLEET_SOURCE": "snapshot:http://gw:1/fleet/state", "OVERSEER_ROUTER_URL": "https://router:9/"},
      "https://router:9"),
