@@ -20,7 +20,8 @@ from overseer_dagster.lab.replica import Replica, ReplicaConfig
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-TIMEOUT_S = 0.5
+# Long enough for a healthy loopback replica on a loaded machine; the hanging ones sleep 30 s.
+TIMEOUT_S = 2.0
 
 # A current vLLM V1 page: two data-parallel engines, every series labelled engine="<index>".
 V1_PAGE = "".join(
