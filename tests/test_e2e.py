@@ -314,7 +314,13 @@ def test_a_gated_action_waits_for_a_signed_approval_then_executes_once(system: S
     def quarantined() -> bool:
         return system.fleet()[FLAPPING]["routing_state"] == "quarantined"
 
+    def quarantine_runs() -> list[dict]:
+        return [r for r in api.runs("dispatch_action") if r["tags"].get("overseer/kind") == "quarantine_replica"]
+
     system.drive(quarantined, 150, f"{FLAPPING} quarantined after the approval", tick=False)
+    # The run that quarantined it finishes after the router has acted (its outcome row, its materialization).
+    system.drive(lambda: quarantine_runs() and all(r["status"] not in IN_PROGRESS for r in quarantine_runs()),
+                 150, "the quarantine's dispatch run finished", tick=False)
     time.sleep(2 * CADENCE_S)  # a sensor that would act twice has had its chance
     # Once: one succeeded outcome and one dispatch run for the gate; every other proposal that pointed
     # at the same gate is settled without acting.
@@ -324,7 +330,7 @@ def test_a_gated_action_waits_for_a_signed_approval_then_executes_once(system: S
     assert [g["state"] for g in rows(system.store, tables.gates) if g["gate_id"] == gate["gate_id"]] == ["executed"]
     on_gate = [a for a in rows(system.store, tables.actions) if a["gate_id"] == gate["gate_id"]]
     assert sorted(a["status"] for a in on_gate) == sorted(["succeeded"] + ["blocked"] * (len(on_gate) - 1)), on_gate
-    quarantine_runs = [r for r in api.runs("dispatch_action") if r["tags"].get("overseer/kind") == "quarantine_replica"]
-    assert len(quarantine_runs) == 1 and quarantine_runs[0]["status"] == "SUCCESS", quarantine_runs
+    runs = quarantine_runs()
+    assert len(runs) == 1 and runs[0]["status"] == "SUCCESS", runs
     keys = [r["tags"].get("dagster/run_key") for r in api.runs("dispatch_action")]
     assert len(keys) == len(set(keys))

@@ -320,7 +320,7 @@ def test_gateway_client_disconnect_frees_the_replica_slot() -> None:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await wait_until(lambda: the_lab.replicas["replica-00"].state()["running"] == 0, timeout=1)
+            await wait_until(lambda: the_lab.replicas["replica-00"].state()["running"] == 0)
             assert the_lab.gateway.upstreams["replica-00"].gw_inflight == 0
             await asyncio.sleep(0.2)
 

@@ -57,8 +57,9 @@ def test_an_outage_refuses_every_endpoint_then_serves_again_on_the_same_port_wit
             async with httpx.AsyncClient(timeout=5.0, limits=NO_POOL) as c:
                 await c.post(gw + "/fleet/replicas/replica-01/drain")
                 await c.post(gw + "/fleet/replicas/replica-02/quarantine")
-                resp = await c.post(gw + "/lab/gateway/faults", json={"kind": "outage", "duration_s": 1.0})
-                assert resp.status_code == 200 and resp.json()["applied"] == {"kind": "outage", "duration_s": 1.0}
+                # Long enough for the checks below to fall inside it on a loaded machine.
+                resp = await c.post(gw + "/lab/gateway/faults", json={"kind": "outage", "duration_s": 2.5})
+                assert resp.status_code == 200 and resp.json()["applied"] == {"kind": "outage", "duration_s": 2.5}
                 await wait_until(lambda: lab.gateway_down, timeout=5.0)
                 for method, path, body in (
                     ("GET", "/fleet/state", None), ("GET", "/health", None),
@@ -73,7 +74,7 @@ def test_an_outage_refuses_every_endpoint_then_serves_again_on_the_same_port_wit
                                       json={"messages": MSG, "max_tokens": 4})
                 assert direct.status_code == 200
 
-                await wait_until(lambda: not lab.gateway_down, timeout=5.0)
+                await wait_until(lambda: not lab.gateway_down, timeout=8.0)
                 assert lab.gateway_url == gw  # the same port
                 snap = await state(c, gw)
                 routing = {r.replica_id: r.routing_state for r in snap.replicas}
@@ -126,14 +127,14 @@ def test_another_outage_restarts_the_countdown_restore_ends_it_and_stop_never_re
         try:
             gw = lab.gateway_url
             async with httpx.AsyncClient(timeout=2.0, limits=NO_POOL) as c:
-                await lab.apply_fault("gateway", {"kind": "outage", "duration_s": 0.3})
-                await asyncio.sleep(0.2)
-                await lab.apply_fault("gateway", Outage(kind="outage", duration_s=0.6))
-                await asyncio.sleep(0.3)  # past the first outage's end: still down
+                await lab.apply_fault("gateway", {"kind": "outage", "duration_s": 0.9})
+                await asyncio.sleep(0.6)
+                await lab.apply_fault("gateway", Outage(kind="outage", duration_s=1.8))
+                await asyncio.sleep(0.9)  # past the first outage's end: still down
                 assert lab.gateway_down and await refused(c, "GET", gw + "/health")
                 await lab.restore_gateway()  # at once
                 assert not lab.gateway_down and (await c.get(gw + "/health")).status_code == 200
-                await asyncio.sleep(0.5)  # the cancelled countdown does nothing
+                await asyncio.sleep(1.5)  # past the second's end: the cancelled countdown does nothing
                 assert not lab.gateway_down
 
                 await lab.gateway_outage(0.2)
@@ -203,10 +204,11 @@ def test_lab_traffic_through_an_outage_fails_fast_as_connect_error_and_recovers(
             await lab.stop()
         assert summary.sent == summary.ok + summary.failed
         assert summary.failures_by_reason.get("connect_error", 0) >= 5, summary.failures_by_reason
-        during = [r for r in traffic.results if 0.6 <= r.start_s <= 1.4]
+        # Scheduled well inside the outage (0.5 s to 1.5 s), so even a request sent late finds it down.
+        during = [r for r in traffic.results if 0.75 <= r.start_s <= 1.25]
         assert during and all(r.outcome == "failed" for r in during)
         assert all(r.latency_s is not None and r.latency_s < 1.0 for r in during if r.reason == "connect_error")
-        after = [r for r in traffic.results if r.start_s >= 1.8]
+        after = [r for r in traffic.results if r.start_s >= 2.0]
         assert after and all(r.outcome == "ok" for r in after), [r.reason for r in after]
 
     run(go())

