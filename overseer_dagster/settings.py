@@ -70,6 +70,11 @@ class TickSettings:
     stress_reserve_slots: int = 1
     limits: Limits = field(default_factory=Limits)
 
+    @property
+    def scale_out_gpu_class(self) -> str | None:
+        """The GPU class the rule policy asks for when it asks for capacity: the first configured, or None."""
+        return next(iter(self.limits.gpu_classes), None)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TickSettings:
         env = os.environ if env is None else env

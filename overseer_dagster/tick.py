@@ -100,7 +100,7 @@ def run_tick(
     ctx = TickContext(
         now=now, cadence_s=settings.cadence_s, fleet=fleet, fleet_problem=fleet_problem, demand=demand,
         stress=stress, itl_slo_s=settings.itl_slo_s, stress_reserve_slots=settings.stress_reserve_slots,
-        scale_out_gpu_class=next(iter(settings.limits.gpu_classes), None),
+        scale_out_gpu_class=settings.scale_out_gpu_class,
     )
     raw: str | None = None
     try:

@@ -6,10 +6,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from overseer_dagster.core import policy
 from overseer_dagster.core.context import StressStatus, TickContext
 from overseer_dagster.core.fleet import FleetSnapshot, Health, ReplicaState, RoutingState
+from overseer_dagster.core.limits import Limits
+from overseer_dagster.settings import TickSettings
 from overseer_dagster.core.proposal import decide_text
 
 NOW = datetime(2026, 1, 5, 12, 3, 30, tzinfo=UTC)  # minute 3: no periodic report in the way
@@ -131,3 +135,51 @@ def test_the_smallest_ready_replica_bounds_the_pool_wide_target() -> None:
 def test_decisions_are_deterministic() -> None:
     c = ctx(replica(0, external=1, stress=3, itl_p90=0.08), replica(1, external=2), active=7)
     assert policy.propose(c) == policy.propose(c.model_copy())
+
+
+# --- the rule mind never proposes what its own verdict blocks ---------------------------------
+
+_REPLICA = st.builds(
+    dict,
+    health=st.sampled_from(list(Health)),
+    routing_state=st.sampled_from(list(RoutingState)),
+    warm=st.booleans(),
+    max_inflight=st.integers(1, 64),
+    external=st.integers(0, 80),
+    stress=st.integers(0, 80),
+    queue_depth=st.integers(0, 200),
+    itl_p90_s=st.one_of(st.none(), st.floats(0, 5)),
+    breaker_trips_30m=st.integers(0, 6),
+)
+
+
+@settings(max_examples=300)
+@given(
+    replicas=st.lists(_REPLICA, min_size=0, max_size=12),
+    gpu_classes=st.lists(st.sampled_from(["h100", "h200", "b200"]), unique=True, max_size=3),
+    max_scale_out=st.integers(1, 8),
+    reserve=st.integers(1, 4),
+    slo=st.floats(0.001, 2),
+    active=st.integers(0, 64),
+    fleet_age_s=st.floats(0, 600),
+    minute=st.integers(0, 59),
+    second=st.integers(0, 59),
+)
+def test_whatever_the_fleet_and_configuration_the_rule_mind_proposes_only_what_its_verdict_accepts(
+        replicas: list[dict], gpu_classes: list[str], max_scale_out: int, reserve: int, slo: float, active: int,
+        fleet_age_s: float, minute: int, second: int) -> None:
+    now = NOW.replace(minute=minute, second=second)
+    states = tuple(
+        ReplicaState(replica_id=f"r-{i}", health=r["health"], routing_state=r["routing_state"], warm=r["warm"],
+                     inflight=min(r["max_inflight"], r["external"] + r["stress"]), max_inflight=r["max_inflight"],
+                     external_inflight=r["external"], stress_inflight=r["stress"], queue_depth=r["queue_depth"],
+                     itl_p90_s=r["itl_p90_s"], breaker_trips_30m=r["breaker_trips_30m"], observed_at=now)
+        for i, r in enumerate(replicas)
+    )
+    configured = TickSettings(limits=Limits(gpu_classes=tuple(gpu_classes), max_scale_out_count=max_scale_out))
+    c = TickContext(now=now, cadence_s=60, fleet=FleetSnapshot(observed_at=now - timedelta(seconds=fleet_age_s),
+                                                               replicas=states),
+                    stress=StressStatus(pool_concurrency=active), itl_slo_s=slo, stress_reserve_slots=reserve,
+                    scale_out_gpu_class=configured.scale_out_gpu_class)
+    verdict = decide_text(policy.propose(c), c.fleet, configured.limits)
+    assert verdict.verdict == "valid", verdict.reason
