@@ -86,6 +86,11 @@ class DeployError(RuntimeError):
     """A process did not start or become ready; the message names it and its log file."""
 
 
+# What the gRPC server and uvicorn print when their port was taken between `free_port()` and their bind.
+PORT_TAKEN = ("Failed to bind to address", "address already in use")
+PORT_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -131,6 +136,10 @@ class Service:
                 self.process.kill()
                 self.process.wait(timeout_s)
         return self.process.returncode
+
+    def lost_its_port(self) -> bool:
+        """Exited because another process took its port first (it was free when picked)."""
+        return not self.alive() and any(m in self.log_tail(50) for m in PORT_TAKEN)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -209,18 +218,31 @@ class Deployment:
         self.logs = self.root / "logs"
         self.grpc_port = free_port()
         storage_env: dict[str, str] = {}
-        instance_yaml = self.instance_yaml
+        self._instance_yaml = self.instance_yaml
         if self.dagster_database_url:
             storage_env = postgres_storage_env(self.dagster_database_url)
-            instance_yaml += POSTGRES_STORAGE_YAML
+            self._instance_yaml += POSTGRES_STORAGE_YAML
         self.workspace = write_instance(self.home, grpc_port=self.grpc_port, location=self.location,
-                                        instance_yaml=instance_yaml)
+                                        instance_yaml=self._instance_yaml)
         self.process_env = {**os.environ, **self.env, **storage_env, "DAGSTER_HOME": str(self.home)}
         self.webserver_url: str | None = None
 
     # --- processes ---
 
     def start_code_server(self) -> Service:
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return self._start_code_server()
+            except DeployError:
+                if attempt + 1 == PORT_ATTEMPTS or not self.services[-1].lost_its_port():
+                    raise
+                self.services.pop()  # exited: a port picked free was taken before the server bound it
+                self.grpc_port = free_port()
+                self.workspace = write_instance(self.home, grpc_port=self.grpc_port, location=self.location,
+                                                instance_yaml=self._instance_yaml)
+        raise AssertionError("unreachable")
+
+    def _start_code_server(self) -> Service:
         from dagster._grpc.client import DagsterGrpcClient  # the daemon's own client
 
         service = self._spawn("code-server", [
@@ -244,7 +266,16 @@ class Deployment:
         return service
 
     def start_webserver(self, port: int | None = None) -> Service:
-        port = port or free_port()
+        for attempt in range(1 if port else PORT_ATTEMPTS):
+            try:
+                return self._start_webserver(port or free_port())
+            except DeployError:
+                if port or attempt + 1 == PORT_ATTEMPTS or not self.services[-1].lost_its_port():
+                    raise
+                self.services.pop()  # exited: a port picked free was taken before it bound it
+        raise AssertionError("unreachable")
+
+    def _start_webserver(self, port: int) -> Service:
         service = self._spawn("webserver", [
             console_script("dagster-webserver"), "-h", HOST, "-p", str(port), "-w", str(self.workspace),
         ])

@@ -7,6 +7,7 @@ database and run a job on it: what the webserver, daemon and code server would d
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,7 @@ import yaml
 from dagster._core.instance.ref import InstanceRef
 from postgres_fixtures import base_url_or_skip, fresh_database
 
+from overseer_dagster import deploy
 from overseer_dagster.deploy import POSTGRES_STORAGE_YAML, Deployment, postgres_storage_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,30 @@ def test_a_deployment_defaults_to_sqlite_under_its_home(tmp_path: Path) -> None:
     assert "storage" not in yaml.safe_load((deployment.home / "dagster.yaml").read_text())
     with deployment.instance() as instance:
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+
+
+@pytest.mark.daemon
+def test_a_port_taken_between_its_pick_and_the_bind_is_replaced(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process binds the port picked for the code server and the webserver before they do: each
+    starts on a fresh port instead of failing the deployment."""
+    with socket.socket() as taken:
+        taken.bind((deploy.HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picks, real = iter([port, port]), deploy.free_port
+        monkeypatch.setattr(deploy, "free_port", lambda: next(picks, None) or real())
+        dagster = Deployment(tmp_path, env={"OVERSEER_HOME": str(tmp_path / "home"), "OVERSEER_FLEET_SOURCE": "sample",
+                                            "OVERSEER_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
+        try:
+            assert dagster.grpc_port == port
+            code_server = dagster.start_code_server()
+            webserver = dagster.start_webserver()
+            assert dagster.grpc_port != port and f"port: {dagster.grpc_port}" in dagster.workspace.read_text()
+            assert dagster.webserver_url and f":{port}" not in dagster.webserver_url
+            assert dagster.services == [code_server, webserver] and code_server.alive() and webserver.alive()
+        finally:
+            dagster.stop()
 
 
 @dg.op
