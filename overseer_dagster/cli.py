@@ -131,7 +131,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# `audit tail`'s table: one line per row, the detail cut at a word (`--json` has it whole).
+TAIL_DETAIL_CHARS = 100
+
+
 def cmd_audit_tail(args: argparse.Namespace) -> int:
+    import textwrap
+
     from overseer_dagster.store import connect, journal
 
     if args.n < 1:
@@ -141,7 +147,8 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
             _emit(row)
         else:
             print(f"{row['seq']:>6} {row['created_at'][:19]} {row['phase']:<8} {row['state']:<19} "
-                  f"{row['reason'] or '':<22} {row['kind'] or '':<18} {row['detail'] or ''}".rstrip())
+                  f"{row['reason'] or '':<22} {row['kind'] or '':<18} "
+                  f"{textwrap.shorten(row['detail'] or '', TAIL_DETAIL_CHARS, placeholder=' ...')}".rstrip())
     return 0
 
 

@@ -101,6 +101,18 @@ def test_audit_tail_shows_public_columns_scrubbed(engine, store_url) -> None:
     assert len(audit(store_url, "tail", "-n", "2").stdout.splitlines()) == 2
 
 
+def test_audit_tail_shows_one_line_per_row_and_json_the_whole_detail(engine, store_url) -> None:
+    rows = seeded(engine)
+    long = "upstream said:\n" + " ".join(f"attempt {i} got HTTP 503." for i in range(30))
+    with engine.begin() as conn:
+        conn.execute(update(decisions).where(decisions.c.seq == rows[-1]["seq"]).values(detail=long))
+    table = audit(store_url, "tail", "-n", "1").stdout.splitlines()
+    assert len(table) == 1 and "upstream said: attempt 0 got HTTP 503." in table[0] and table[0].endswith(" ...")
+    assert "attempt 29" not in table[0]
+    [as_json] = [json.loads(line) for line in audit(store_url, "tail", "--json", "-n", "1").stdout.splitlines()]
+    assert as_json["detail"] == long
+
+
 def test_dispatch_outcomes_extend_the_chain(engine) -> None:
     rows = seeded(engine)
     assert [r["state"] for r in rows if r["phase"] == "outcome"] == [
