@@ -229,18 +229,26 @@ class Deployment:
 
     # --- processes ---
 
-    def start_code_server(self) -> Service:
-        for attempt in range(PORT_ATTEMPTS):
+    def _on_a_free_port(self, start: Callable[[], Service], repick: Callable[[], None] = lambda: None) -> Service:
+        """`start()`, again (after `repick()`) while the process exits because the port picked free for it was
+        taken before it bound it; at most PORT_ATTEMPTS tries."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                return self._start_code_server()
+                return start()
             except DeployError:
-                if attempt + 1 == PORT_ATTEMPTS or not self.services[-1].lost_its_port():
+                if attempt == PORT_ATTEMPTS or not self.services[-1].lost_its_port():
                     raise
-                self.services.pop()  # exited: a port picked free was taken before the server bound it
-                self.grpc_port = free_port()
-                self.workspace = write_instance(self.home, grpc_port=self.grpc_port, location=self.location,
-                                                instance_yaml=self._instance_yaml)
+                self.services.pop()  # exited, nothing to stop
+                repick()
         raise AssertionError("unreachable")
+
+    def start_code_server(self) -> Service:
+        def repick() -> None:
+            self.grpc_port = free_port()
+            self.workspace = write_instance(self.home, grpc_port=self.grpc_port, location=self.location,
+                                            instance_yaml=self._instance_yaml)
+
+        return self._on_a_free_port(self._start_code_server, repick)
 
     def _start_code_server(self) -> Service:
         from dagster._grpc.client import DagsterGrpcClient  # the daemon's own client
@@ -266,14 +274,10 @@ class Deployment:
         return service
 
     def start_webserver(self, port: int | None = None) -> Service:
-        for attempt in range(1 if port else PORT_ATTEMPTS):
-            try:
-                return self._start_webserver(port or free_port())
-            except DeployError:
-                if port or attempt + 1 == PORT_ATTEMPTS or not self.services[-1].lost_its_port():
-                    raise
-                self.services.pop()  # exited: a port picked free was taken before it bound it
-        raise AssertionError("unreachable")
+        """On `port` (a port the caller chose fails as it is), else on a free one."""
+        if port:
+            return self._start_webserver(port)
+        return self._on_a_free_port(lambda: self._start_webserver(free_port()))
 
     def _start_webserver(self, port: int) -> Service:
         service = self._spawn("webserver", [
