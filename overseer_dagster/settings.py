@@ -48,7 +48,8 @@ def mode(env: Mapping[str, str] | None = None) -> str:
     return raw.strip().lower()
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float,
+            maximum: float = float("inf")) -> float:
     raw = env.get(name)
     if raw is None:
         return default
@@ -56,8 +57,9 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum or value != value or value == float("inf"):
-        raise ConfigError(f"{name}={raw!r} must be a finite number >= {minimum}")
+    if not minimum <= value <= maximum or value == float("inf"):
+        bound = f">= {minimum}" if maximum == float("inf") else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name}={raw!r} must be a finite number {bound}")
     return value
 
 
@@ -68,6 +70,8 @@ class TickSettings:
     lease_ttl_s: float = 300.0
     itl_slo_s: float = 0.1
     stress_reserve_slots: int = 1
+    # The hourly ceiling the rule policy's scale-out asks an operator to sign (the vocabulary allows 500).
+    scale_out_max_hourly_usd: float = 12.0
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -83,6 +87,8 @@ class TickSettings:
             daily_bound=int(_number(env, "OVERSEER_DAILY_BOUND", 2000, minimum=0)),
             itl_slo_s=_number(env, "OVERSEER_ITL_SLO_S", 0.1, minimum=0.001),
             stress_reserve_slots=int(_number(env, "OVERSEER_STRESS_RESERVE", 1, minimum=1)),
+            scale_out_max_hourly_usd=_number(env, "OVERSEER_SCALE_OUT_MAX_HOURLY_USD", 12.0, minimum=0.01,
+                                             maximum=500),
             limits=_limits(env),
         )
 

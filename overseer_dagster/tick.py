@@ -100,7 +100,7 @@ def run_tick(
     ctx = TickContext(
         now=now, cadence_s=settings.cadence_s, fleet=fleet, fleet_problem=fleet_problem, demand=demand,
         stress=stress, itl_slo_s=settings.itl_slo_s, stress_reserve_slots=settings.stress_reserve_slots,
-        scale_out_gpu_class=settings.scale_out_gpu_class,
+        scale_out_gpu_class=settings.scale_out_gpu_class, scale_out_max_hourly_usd=settings.scale_out_max_hourly_usd,
     )
     raw: str | None = None
     try:

@@ -158,6 +158,7 @@ _REPLICA = st.builds(
     replicas=st.lists(_REPLICA, min_size=0, max_size=12),
     gpu_classes=st.lists(st.sampled_from(["h100", "h200", "b200"]), unique=True, max_size=3),
     max_scale_out=st.integers(1, 8),
+    ceiling=st.floats(0.01, 500),
     reserve=st.integers(1, 4),
     slo=st.floats(0.001, 2),
     active=st.integers(0, 64),
@@ -166,8 +167,8 @@ _REPLICA = st.builds(
     second=st.integers(0, 59),
 )
 def test_whatever_the_fleet_and_configuration_the_rule_mind_proposes_only_what_its_verdict_accepts(
-        replicas: list[dict], gpu_classes: list[str], max_scale_out: int, reserve: int, slo: float, active: int,
-        fleet_age_s: float, minute: int, second: int) -> None:
+        replicas: list[dict], gpu_classes: list[str], max_scale_out: int, ceiling: float, reserve: int, slo: float,
+        active: int, fleet_age_s: float, minute: int, second: int) -> None:
     now = NOW.replace(minute=minute, second=second)
     states = tuple(
         ReplicaState(replica_id=f"r-{i}", health=r["health"], routing_state=r["routing_state"], warm=r["warm"],
@@ -176,10 +177,12 @@ def test_whatever_the_fleet_and_configuration_the_rule_mind_proposes_only_what_i
                      itl_p90_s=r["itl_p90_s"], breaker_trips_30m=r["breaker_trips_30m"], observed_at=now)
         for i, r in enumerate(replicas)
     )
-    configured = TickSettings(limits=Limits(gpu_classes=tuple(gpu_classes), max_scale_out_count=max_scale_out))
+    configured = TickSettings(limits=Limits(gpu_classes=tuple(gpu_classes), max_scale_out_count=max_scale_out),
+                              scale_out_max_hourly_usd=ceiling)
     c = TickContext(now=now, cadence_s=60, fleet=FleetSnapshot(observed_at=now - timedelta(seconds=fleet_age_s),
                                                                replicas=states),
                     stress=StressStatus(pool_concurrency=active), itl_slo_s=slo, stress_reserve_slots=reserve,
-                    scale_out_gpu_class=configured.scale_out_gpu_class)
+                    scale_out_gpu_class=configured.scale_out_gpu_class,
+                    scale_out_max_hourly_usd=configured.scale_out_max_hourly_usd)
     verdict = decide_text(policy.propose(c), c.fleet, configured.limits)
     assert verdict.verdict == "valid", verdict.reason

@@ -117,13 +117,14 @@ def test_the_rule_policy_asks_only_for_a_configured_gpu_class(engine, classes, e
     # class the operator did not configure would block the whole proposal, the back-off with it.
     at = NOW + timedelta(minutes=3)  # no periodic report in the way
     full = fleet(at, **{f"r-{i}": {"inflight": 16, "external_inflight": 16} for i in range(3)})
-    cfg = TickSettings(limits=Limits(gpu_classes=classes))
+    cfg = TickSettings(limits=Limits(gpu_classes=classes), scale_out_max_hourly_usd=30.0)
     result = run_tick(engine, now=at, settings=cfg, enabled=True, mode="autonomous", fleet=full,
                       fleet_problem=None, demand=None, stress=StressStatus(pool_concurrency=4), mind=RuleMind())
     assert [(r["kind"], r["state"]) for r in result.rows] == expected
     with engine.connect() as conn:
         asked = conn.execute(select(actions.c.action_json).where(actions.c.kind == "request_scale_out")).scalars()
-        assert [json.loads(a)["gpu_class"] for a in asked] == list(classes)
+        assert [(json.loads(a)["gpu_class"], json.loads(a)["max_hourly_usd"]) for a in asked] == [
+            (c, 30.0) for c in classes]
     assert count(engine, gates) == len(classes)
 
 
@@ -198,3 +199,11 @@ def test_kill_switch_values(value, expected) -> None:  # noqa: ANN001
 def test_kill_switch_refuses_anything_else_naming_the_variable(value: str) -> None:
     with pytest.raises(settings.ConfigError, match="OVERSEER_ENABLED"):
         settings.enabled({"OVERSEER_ENABLED": value})
+
+
+def test_the_scale_out_ceiling_is_configured_and_checked_naming_the_variable() -> None:
+    assert TickSettings.from_env({}).scale_out_max_hourly_usd == 12.0
+    assert TickSettings.from_env({"OVERSEER_SCALE_OUT_MAX_HOURLY_USD": "30"}).scale_out_max_hourly_usd == 30.0
+    for bad in ("0", "-5", "501", "nan", "inf", "lots"):
+        with pytest.raises(settings.ConfigError, match="OVERSEER_SCALE_OUT_MAX_HOURLY_USD"):
+            TickSettings.from_env({"OVERSEER_SCALE_OUT_MAX_HOURLY_USD": bad})

@@ -84,6 +84,8 @@ class TickContext(_Model):
     # (`Limits.gpu_classes`); None when none is configured, and then it asks for none. Defaults to what
     # contexts recorded before the field existed were decided with.
     scale_out_gpu_class: str | None = "h100"
+    # The hourly ceiling that scale-out asks an operator to sign.
+    scale_out_max_hourly_usd: float = Field(default=12.0, gt=0, le=500)
 
     def fleet_fresh(self) -> bool:
         return self.fleet is not None and self.fleet.age_s(self.now) <= 3 * self.cadence_s

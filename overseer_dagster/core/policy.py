@@ -75,7 +75,8 @@ def _stress(ctx: TickContext) -> list[dict]:
     out: list[dict] = []
     if utilisation >= SCALE_OUT_AT and ctx.scale_out_gpu_class is not None:
         out.append({
-            "kind": "request_scale_out", "gpu_class": ctx.scale_out_gpu_class, "count": 1, "max_hourly_usd": 12.0,
+            "kind": "request_scale_out", "gpu_class": ctx.scale_out_gpu_class, "count": 1,
+            "max_hourly_usd": ctx.scale_out_max_hourly_usd,
             "reason": "external demand above 90% of ready slots",
             "rollback": {"action": "scale_in", "after_s": 3600},
         })
