@@ -14,6 +14,7 @@ from overseer_dagster.core.health import Thresholds
 from pydantic import ValidationError
 
 from overseer_dagster.core.limits import Limits
+from overseer_dagster.core.vocabulary import MAX_HOURLY_USD
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -70,7 +71,7 @@ class TickSettings:
     lease_ttl_s: float = 300.0
     itl_slo_s: float = 0.1
     stress_reserve_slots: int = 1
-    # The hourly ceiling the rule policy's scale-out asks an operator to sign (the vocabulary allows 500).
+    # The hourly ceiling the rule policy's scale-out asks an operator to sign (at most MAX_HOURLY_USD).
     scale_out_max_hourly_usd: float = 12.0
     limits: Limits = field(default_factory=Limits)
 
@@ -88,7 +89,7 @@ class TickSettings:
             itl_slo_s=_number(env, "OVERSEER_ITL_SLO_S", 0.1, minimum=0.001),
             stress_reserve_slots=int(_number(env, "OVERSEER_STRESS_RESERVE", 1, minimum=1)),
             scale_out_max_hourly_usd=_number(env, "OVERSEER_SCALE_OUT_MAX_HOURLY_USD", 12.0, minimum=0.01,
-                                             maximum=500),
+                                             maximum=MAX_HOURLY_USD),
             limits=_limits(env),
         )
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from overseer_dagster.adapters.fleet_source import PROBE_BASELINES
 from overseer_dagster.adapters.replica_probe import ReplicaEndpoint, ReplicaProbeSource
 
 # vLLM V1's default bounds.
@@ -133,7 +134,7 @@ def run(replicas: int = 1000, server: str = "process") -> dict:
     with _replicas(server) as base, tempfile.TemporaryDirectory() as home:
         endpoints = [ReplicaEndpoint(replica_id=f"r{i}", base_url=f"{base}/r/{i}", max_inflight=64)
                      for i in range(replicas)]
-        baselines = Path(home) / "probe-baselines.json"
+        baselines = Path(home) / PROBE_BASELINES
         ReplicaProbeSource(endpoints, baselines=baselines).snapshot(datetime.now(UTC))  # the previous tick's
         source = ReplicaProbeSource(endpoints, baselines=baselines)
         wall, cpu = time.perf_counter(), time.process_time()

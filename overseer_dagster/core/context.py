@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from overseer_dagster.core.demand import USER_DEMAND, DemandKind
 from overseer_dagster.core.fleet import FleetSnapshot
+from overseer_dagster.core.vocabulary import MAX_HOURLY_USD
 
 
 class _Model(BaseModel):
@@ -85,7 +86,7 @@ class TickContext(_Model):
     # contexts recorded before the field existed were decided with.
     scale_out_gpu_class: str | None = "h100"
     # The hourly ceiling that scale-out asks an operator to sign.
-    scale_out_max_hourly_usd: float = Field(default=12.0, gt=0, le=500)
+    scale_out_max_hourly_usd: float = Field(default=12.0, gt=0, le=MAX_HOURLY_USD)
 
     def fleet_fresh(self) -> bool:
         return self.fleet is not None and self.fleet.age_s(self.now) <= 3 * self.cadence_s

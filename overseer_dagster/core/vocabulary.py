@@ -32,6 +32,8 @@ PAYEE_REF_PATTERN = r"payee-[a-z0-9]{1,16}"
 # Shape only; whether the class is offered is configuration (`Limits.gpu_classes`).
 GPU_CLASS_PATTERN = r"[a-z0-9][a-z0-9-]{0,31}"
 MAX_ACTIONS = 8
+# The highest hourly ceiling a request_scale_out may carry.
+MAX_HOURLY_USD = 500
 
 
 def _anchored(pattern: str) -> str:
@@ -174,7 +176,7 @@ class RequestScaleOut(_Action):
     kind: Literal["request_scale_out"] = "request_scale_out"
     gpu_class: GpuClass
     count: int = Field(ge=1, le=8)
-    max_hourly_usd: float = Field(gt=0, le=500, allow_inf_nan=False)
+    max_hourly_usd: float = Field(gt=0, le=MAX_HOURLY_USD, allow_inf_nan=False)
     rollback: ScaleInRollback
 
 
